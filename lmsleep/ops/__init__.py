@@ -1,0 +1,6 @@
+"""Pure tensor functions: the fast-weight rule (reference + chunked) and windowed attention."""
+from .gated_delta_rule import gated_delta_rule
+from .naive import recurrent_gated_delta_rule
+from .chunk import chunk_gated_delta_rule
+
+__all__ = ["gated_delta_rule", "recurrent_gated_delta_rule", "chunk_gated_delta_rule"]
