@@ -1,0 +1,93 @@
+"""The fast-weight op: chunked path vs the recurrent reference (forward and every gradient), and vs
+transformers' torch_chunk_gated_delta_rule."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lmsleep.ops import gated_delta_rule
+
+
+def random_inputs(batch, time, heads, key_dim, value_dim, dtype, with_state, strong_decay=False):
+    q = F.normalize(torch.randn(batch, time, heads, key_dim, dtype=dtype), dim=-1)
+    k = F.normalize(torch.randn(batch, time, heads, key_dim, dtype=dtype), dim=-1)
+    v = torch.randn(batch, time, heads, value_dim, dtype=dtype)
+    g = -torch.rand(batch, time, heads, dtype=dtype) * (8.0 if strong_decay else 1.0)
+    beta = torch.rand(batch, time, heads, dtype=dtype)
+    state = torch.randn(batch, heads, key_dim, value_dim, dtype=dtype) if with_state else None
+    return [q, k, v, g, beta, state]
+
+
+CASES = [  # (time, chunk_size)
+    (1, 64), (7, 64), (13, 4), (37, 8), (64, 16), (65, 16), (100, 32), (129, 64),
+]
+
+
+@pytest.mark.parametrize("with_state", [False, True], ids=["zero_state", "initial_state"])
+@pytest.mark.parametrize("time,chunk_size", CASES, ids=[f"T{t}-C{c}" for t, c in CASES])
+def test_chunked_matches_reference_forward_and_gradients(time, chunk_size, with_state):
+    inputs = random_inputs(2, time, 3, 8, 5, torch.float64, with_state)
+    leaves = [x.requires_grad_() for x in inputs if x is not None]
+    grad_out = torch.randn(2, time, 3, 5, dtype=torch.float64)
+    grad_state = torch.randn(2, 3, 8, 5, dtype=torch.float64)
+
+    def run(reference):
+        out, state = gated_delta_rule(
+            *inputs[:5], initial_state=inputs[5], output_final_state=True, chunk_size=chunk_size, reference=reference
+        )
+        loss = (out * grad_out).sum() + (state * grad_state).sum()
+        return out, state, torch.autograd.grad(loss, leaves)
+
+    out_c, state_c, grads_c = run(reference=False)
+    out_r, state_r, grads_r = run(reference=True)
+    torch.testing.assert_close(out_c, out_r, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(state_c, state_r, rtol=1e-10, atol=1e-10)
+    names = ["q", "k", "v", "g", "beta", "initial_state"]
+    for name, a, b in zip(names, grads_c, grads_r):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9, msg=f"gradient of {name} differs")
+
+
+def test_strong_decay_stays_finite_and_exact():
+    inputs = random_inputs(1, 50, 2, 16, 16, torch.float64, True, strong_decay=True)
+    out_c, s_c = gated_delta_rule(*inputs[:5], initial_state=inputs[5], output_final_state=True, chunk_size=16)
+    out_r, s_r = gated_delta_rule(*inputs[:5], initial_state=inputs[5], output_final_state=True, reference=True)
+    assert torch.isfinite(out_c).all()
+    torch.testing.assert_close(out_c, out_r, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(s_c, s_r, rtol=1e-10, atol=1e-10)
+
+
+def test_float32_close_to_float64_reference():
+    inputs = random_inputs(2, 200, 4, 32, 32, torch.float64, True)
+    out64, _ = gated_delta_rule(*inputs[:5], initial_state=inputs[5], reference=True)
+    out32, _ = gated_delta_rule(*(x.float() for x in inputs[:5]), initial_state=inputs[5].float(), chunk_size=64)
+    assert out32.dtype == torch.float32
+    torch.testing.assert_close(out32.double(), out64, rtol=1e-4, atol=1e-5)
+
+
+def test_scale_and_final_state_flags():
+    inputs = random_inputs(1, 9, 2, 4, 6, torch.float64, False)
+    out, state = gated_delta_rule(*inputs[:5])
+    assert state is None and out.shape == (1, 9, 2, 6)
+    out2, _ = gated_delta_rule(*inputs[:5], scale=2 * 4**-0.5)
+    torch.testing.assert_close(out2, 2 * out)
+
+
+def test_splitting_the_sequence_with_initial_state_is_exact():
+    inputs = random_inputs(2, 40, 2, 8, 8, torch.float64, True)
+    full, s_full = gated_delta_rule(*inputs[:5], initial_state=inputs[5], output_final_state=True, chunk_size=8)
+    first, s_mid = gated_delta_rule(*(x[:, :17] for x in inputs[:5]), initial_state=inputs[5], output_final_state=True)
+    second, s_end = gated_delta_rule(*(x[:, 17:] for x in inputs[:5]), initial_state=s_mid, output_final_state=True)
+    torch.testing.assert_close(torch.cat([first, second], 1), full)
+    torch.testing.assert_close(s_end, s_full)
+
+
+@pytest.mark.parametrize("time,chunk_size", [(1, 64), (37, 8), (100, 64), (130, 32)])
+def test_agrees_with_transformers_torch_chunk_gated_delta_rule(time, chunk_size):
+    from transformers.models.qwen3_next import modeling_qwen3_next as qwen3_next  # a test dependency
+
+    inputs = random_inputs(2, time, 3, 16, 8, torch.float32, True)
+    ours, s_ours = gated_delta_rule(*inputs[:5], initial_state=inputs[5], output_final_state=True, chunk_size=chunk_size)
+    theirs, s_theirs = qwen3_next.torch_chunk_gated_delta_rule(
+        *inputs[:5], chunk_size=chunk_size, initial_state=inputs[5], output_final_state=True
+    )
+    torch.testing.assert_close(ours, theirs.to(ours.dtype), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(s_ours, s_theirs.to(s_ours.dtype), rtol=1e-4, atol=1e-5)
