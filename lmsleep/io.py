@@ -99,6 +99,10 @@ def load_model(directory: str | os.PathLike, map_location: str | torch.device = 
             raise ValueError(
                 f"weight {name} has shape {tuple(tensor.shape)}, the config needs {tuple(expected[name].shape)}"
             )
+    dtypes = {t.dtype for t in tensors.values()}
+    if len(dtypes) != 1:
+        raise ValueError(f"weights mix dtypes {sorted(map(str, dtypes))}; expected one")
+    model = model.to(dtype=dtypes.pop())  # keep the saved precision
     model.load_state_dict(tensors, strict=not config.tie_embeddings)
     return model.to(map_location)
 

@@ -161,7 +161,10 @@ class SleepLM(nn.Module):
         if not bool(mask.any()):
             raise ValueError("loss_mask selects no position: there is nothing to predict")
         logits = self(tokens, loss_mask, passes, use_checkpoint, logits_for="loss")
-        return F.cross_entropy(logits[mask].float(), targets[mask])
+        selected = logits[mask]
+        if selected.dtype in (torch.float16, torch.bfloat16):
+            selected = selected.float()
+        return F.cross_entropy(selected, targets[mask])
 
     def _check_passes(self, passes: int | None) -> int:
         if passes is None:
