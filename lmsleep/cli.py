@@ -13,7 +13,15 @@ def _demo(sub) -> None:
     parser.set_defaults(run=demo.run)
 
 
-SUBCOMMANDS = [_demo]
+def _data(sub) -> None:
+    from .tasks import data_cli
+
+    parser = sub.add_parser("data", help="print generated task examples (rule110, depo, math) as JSON lines")
+    data_cli.add_arguments(parser)
+    parser.set_defaults(run=data_cli.run)
+
+
+SUBCOMMANDS = [_demo, _data]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,389 @@
+"""Training loop of the paper: the model's forward is the training algorithm; loss on answer tokens only.
+
+Muon for 2-D hidden matrices, AdamW for embeddings, the head, norms, gates, conv and biases (or AdamW for
+all); linear warm-up then cosine decay; gradient clipping; a step with non-finite loss or gradients is
+skipped and logged. Batches are a pure function of (seed, step), so a run resumed from a checkpoint, or
+split over several processes (torchrun, gloo), sees exactly the batches of an uninterrupted 1-process run.
+
+Files in the run directory:
+    metrics.jsonl   one JSON object per log/eval event (step, tokens, wall time, FLOPs, losses, accuracies)
+    checkpoint/     model (safetensors + config.json) and training.pt (optimisers, schedulers, RNG, step)
+    train.json      the TrainConfig of the run
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from .config import SleepConfig
+from .io import load_model, save_model, write_text
+from .model import SleepLM
+from .tasks import TASKS, batch, score
+
+OPTIMIZERS = ("muon", "adamw")
+EVAL_SEED = 2**31 - 1  # the held-out set; training batch seeds are derived from (seed, step) below
+
+
+@dataclass
+class TrainConfig:
+    task: str = "rule110"
+    task_options: dict = field(default_factory=dict)
+    model: dict = field(default_factory=dict)  # SleepConfig fields; vocab_size and window filled from the task
+    steps: int = 300
+    batch_size: int = 32
+    optimizer: str = "muon"
+    lr: float = 2e-3  # Muon (hidden matrices)
+    adamw_lr: float = 3e-3  # AdamW (everything else; all parameters when optimizer = "adamw")
+    weight_decay: float = 0.0
+    warmup: int = 30
+    min_lr_ratio: float = 0.1
+    clip: float = 1.0
+    eval_every: int = 100
+    eval_size: int = 256
+    eval_passes: list[int] | None = None  # evaluate at these N′ too (default: the model's N)
+    log_every: int = 10
+    checkpoint_every: int = 100
+    seed: int = 0
+    activation_checkpointing: bool = False
+    tensorboard: bool = False
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"TrainConfig.task must be one of {sorted(TASKS)}, got {self.task!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"TrainConfig.optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        for name in ("steps", "batch_size", "eval_every", "eval_size", "log_every", "checkpoint_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"TrainConfig.{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.warmup, int) or self.warmup < 0:
+            raise ValueError(f"TrainConfig.warmup must be a non-negative integer, got {self.warmup!r}")
+        for name in ("lr", "adamw_lr", "clip"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"TrainConfig.{name} must be positive, got {getattr(self, name)!r}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"TrainConfig.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}")
+        self.task_options_object()  # validates the task options
+        self.model_config()  # validates the model fields
+
+    def task_module(self):
+        return TASKS[self.task]
+
+    def task_options_object(self):
+        return self.task_module().Options(**self.task_options)
+
+    def model_config(self) -> SleepConfig:
+        from .tasks import VOCAB_SIZE
+
+        fields_ = {"vocab_size": VOCAB_SIZE, "window": self.task_options_object().window, **self.model}
+        return SleepConfig(**fields_)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "TrainConfig":
+        data = json.loads(text)
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"train config has unknown fields {unknown}")
+        return cls(**data)
+
+
+def batch_seed(seed: int, step: int) -> int:
+    """The data seed of a training step: distinct per (seed, step), never the held-out EVAL_SEED."""
+    return (seed * 1_000_003 + step) % (2**31 - 2)
+
+
+def parameter_groups(model: SleepLM) -> tuple[list, list]:
+    """(Muon params, AdamW params): Muon takes the blocks' 2-D projection matrices; the decay and
+    write-strength gates, norms, conv kernels, A_log/dt_bias, embeddings and head go to AdamW."""
+    muon, adamw = [], []
+    for name, p in model.named_parameters():
+        is_gate = name.endswith(("decay_input.weight", "write_input.weight"))
+        if name.startswith("blocks.") and p.dim() == 2 and not is_gate:
+            muon.append(p)
+        else:
+            adamw.append(p)
+    return muon, adamw
+
+
+def build_optimizers(model: SleepLM, cfg: TrainConfig) -> list[torch.optim.Optimizer]:
+    if cfg.optimizer == "adamw":
+        return [torch.optim.AdamW(model.parameters(), lr=cfg.adamw_lr, weight_decay=cfg.weight_decay)]
+    muon, adamw = parameter_groups(model)
+    return [
+        torch.optim.Muon(muon, lr=cfg.lr, weight_decay=cfg.weight_decay),
+        torch.optim.AdamW(adamw, lr=cfg.adamw_lr, weight_decay=cfg.weight_decay),
+    ]
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up to 1, then cosine decay to min_lr_ratio at the last step."""
+    if step < cfg.warmup:
+        return (step + 1) / cfg.warmup
+    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def flops_per_example(config: SleepConfig, loss_mask: list[int]) -> float:
+    """Estimated training FLOPs (forward + backward ≈ 3 × forward) of one example: 2 FLOPs per weight
+    per token per pass, with the looped blocks run N times on consolidation windows, plus attention
+    scores (2·L·head_width per token per attention block and pass, a window average)."""
+    per_block = _block_weights(config)
+    looped = range(config.loop_start, config.resolved_loop_end)
+    length = len(loss_mask) if config.eviction == "none" else config.window
+    total = 0.0
+    for start in range(0, len(loss_mask), length):
+        chunk = loss_mask[start : start + length]
+        passes = config.sleep_passes if not any(chunk) else 1
+        for i, kind in enumerate(config.layout):
+            runs = passes if i in looped else 1
+            attention = 2 * len(chunk) * config.n_heads * config.head_dim if kind == "A" else 0
+            total += runs * len(chunk) * (2 * per_block[kind] + 2 * attention)
+        total += len(chunk) * 2 * config.d_model * config.vocab_size
+    return 3 * total
+
+
+def _block_weights(config: SleepConfig) -> dict[str, int]:
+    d = config.d_model
+    mlp = 3 * d * config.mlp_hidden
+    attention = 4 * d * config.n_heads * config.head_dim
+    heads, k, v = config.n_fast_heads, config.fast_key_dim, config.fast_value_dim
+    fast = d * (2 * heads * k + heads * v) + 2 * d * heads + d * heads * v + heads * v * d
+    return {"A": attention + mlp, "G": fast + mlp}
+
+
+class Trainer:
+    """Runs one training job in `out_dir`; `run()` returns the list of logged metric records."""
+
+    def __init__(self, cfg: TrainConfig, out_dir: str | os.PathLike, resume: bool = False, progress: bool = True):
+        self.cfg, self.out = cfg, Path(out_dir)
+        self.progress = progress
+        self.rank, self.world = _distributed()
+        if cfg.batch_size % self.world:
+            raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the number of processes {self.world}")
+        self.task, self.options = cfg.task_module(), cfg.task_options_object()
+        torch.manual_seed(cfg.seed)
+        self.model = SleepLM(cfg.model_config())
+        self.optimizers = build_optimizers(self.model, cfg)
+        self.schedulers = [
+            torch.optim.lr_scheduler.LambdaLR(o, lambda step: lr_factor(step, cfg)) for o in self.optimizers
+        ]
+        self.step, self.wall, self.skipped = 0, 0.0, 0
+        self.records: list[dict] = []
+        self.eval_batch = batch(self.task.generate(self.options, cfg.eval_size, EVAL_SEED))
+        example = self.task.generate(self.options, 1, EVAL_SEED)[0]
+        self.flops_per_example = flops_per_example(self.model.config, example.loss_mask)
+        self.tokens_per_example = len(example)
+        if resume:
+            self._resume()
+        elif self.rank == 0:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "metrics.jsonl").write_text("")
+            write_text(self.out / "train.json", cfg.to_json() + "\n")
+        loss = _Loss(self.model, cfg.activation_checkpointing)
+        # DDP averages gradients over processes; its hooks run on the wrapper's forward, so wrap the loss.
+        self.loss_fn = DistributedDataParallel(loss) if self.world > 1 else loss
+        self.writer = self._tensorboard() if cfg.tensorboard and self.rank == 0 else None
+
+    # ----- one step -----
+
+    def _train_batch(self) -> dict[str, torch.Tensor]:
+        examples = self.task.generate(self.options, self.cfg.batch_size, batch_seed(self.cfg.seed, self.step))
+        return batch(examples[self.rank :: self.world])
+
+    def train_step(self) -> dict:
+        self.model.train()
+        data = self._train_batch()
+        loss = self.loss_fn(data["tokens"], data["targets"], data["loss_mask"])
+        for o in self.optimizers:
+            o.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip)
+        loss_value = _mean_over_processes(loss.detach(), self.world)
+        record = {"step": self.step, "loss": loss_value, "grad_norm": float(grad_norm)}
+        if not (math.isfinite(loss_value) and math.isfinite(float(grad_norm))):
+            self.skipped += 1
+            record["skipped"] = "non-finite loss or gradient"
+            for o in self.optimizers:
+                o.zero_grad(set_to_none=True)
+        else:
+            for o in self.optimizers:
+                o.step()
+        for s in self.schedulers:
+            s.step()
+        self.step += 1
+        return record
+
+    # ----- evaluation -----
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        self.model.eval()
+        data = self.eval_batch
+        results = {}
+        for passes in self.cfg.eval_passes or [self.model.config.sleep_passes]:
+            predicted, losses = [], []
+            for start in range(0, data["tokens"].shape[0], 64):
+                part = {k: v[start : start + 64] for k, v in data.items()}
+                logits = self.model(part["tokens"], part["loss_mask"], passes=passes)
+                mask = part["loss_mask"].bool()
+                losses.append(torch.nn.functional.cross_entropy(logits[mask], part["targets"][mask], reduction="sum"))
+                predicted.append(logits.argmax(-1))
+            scores = score(torch.cat(predicted), data)
+            scores["loss"] = (sum(losses) / data["loss_mask"].sum()).item()
+            results[f"N{passes}"] = scores
+        return results
+
+    # ----- the loop -----
+
+    def run(self) -> list[dict]:
+        cfg = self.cfg
+        bar = None
+        if self.progress and self.rank == 0:
+            from tqdm import tqdm
+
+            bar = tqdm(total=cfg.steps, initial=self.step, desc=f"train {cfg.task}", unit="step", dynamic_ncols=True)
+        started = time.perf_counter() - self.wall
+        postfix: dict[str, str] = {}
+        while self.step < cfg.steps:
+            record = self.train_step()
+            self.wall = time.perf_counter() - started
+            done = self.step
+            if done % cfg.log_every == 0 or "skipped" in record or done == cfg.steps:
+                self._log({**record, "step": done, **self._counters(), "lr": self.schedulers[0].get_last_lr()[0]})
+            if done % cfg.eval_every == 0 or done == cfg.steps:
+                evaluation = self.evaluate()
+                self._log({"step": done, **self._counters(), "eval": evaluation})
+                main = evaluation[f"N{cfg.eval_passes[0] if cfg.eval_passes else self.model.config.sleep_passes}"]
+                postfix["exact"] = f"{main['exact']:.3f}"
+            if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+                self.save_checkpoint()
+            if bar is not None:
+                postfix["loss"] = f"{record['loss']:.3f}"
+                bar.set_postfix(postfix, refresh=False)
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        if self.writer is not None:
+            self.writer.close()
+        return self.records
+
+    def _counters(self) -> dict:
+        examples = self.step * self.cfg.batch_size
+        return {"tokens": examples * self.tokens_per_example, "wall_s": round(self.wall, 3),
+                "flops": examples * self.flops_per_example, "skipped_steps": self.skipped}
+
+    def _log(self, record: dict) -> None:
+        self.records.append(record)
+        if self.rank != 0:
+            return
+        with open(self.out / "metrics.jsonl", "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            for key, value in _flatten(record).items():
+                if isinstance(value, (int, float)) and key != "step":
+                    self.writer.add_scalar(key, value, record["step"])
+
+    def _tensorboard(self):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as error:
+            raise ValueError(f"--tensorboard needs the tensorboard package ({error})") from None
+        return SummaryWriter(str(self.out / "tensorboard"))
+
+    # ----- checkpoints -----
+
+    def save_checkpoint(self) -> None:
+        """Write checkpoint/ atomically: build it beside, then swap directories (old kept until done)."""
+        if self.rank != 0:
+            return
+        if not all(torch.isfinite(p).all() for p in self.model.parameters()):
+            self._log({"step": self.step, "warning": "non-finite weights: checkpoint not written"})
+            return
+        final, staging, old = self.out / "checkpoint", self.out / "checkpoint.new", self.out / "checkpoint.old"
+        shutil.rmtree(staging, ignore_errors=True)
+        save_model(self.model, staging)
+        state = {
+            "step": self.step, "wall": self.wall, "skipped": self.skipped,
+            "optimizers": [o.state_dict() for o in self.optimizers],
+            "schedulers": [s.state_dict() for s in self.schedulers],
+            "rng": torch.get_rng_state(),
+            "train_config": asdict(self.cfg),
+        }
+        torch.save(state, staging / "training.pt")
+        if final.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            final.rename(old)
+        staging.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+
+    def _resume(self) -> None:
+        directory = self.out / "checkpoint"
+        if not directory.exists() and (self.out / "checkpoint.old").exists():
+            directory = self.out / "checkpoint.old"  # a crash between the two renames
+        if not (directory / "training.pt").is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint in {self.out}")
+        state = torch.load(directory / "training.pt", weights_only=False)
+        saved_cfg = TrainConfig(**state["train_config"])
+        if asdict(saved_cfg) != asdict(self.cfg):
+            raise ValueError(f"--resume: {self.out} was trained with a different configuration")
+        loaded = load_model(directory)
+        self.model.load_state_dict(loaded.state_dict())
+        for o, s in zip(self.optimizers, state["optimizers"]):
+            o.load_state_dict(s)
+        for sched, s in zip(self.schedulers, state["schedulers"]):
+            sched.load_state_dict(s)
+        torch.set_rng_state(state["rng"])
+        self.step, self.wall, self.skipped = state["step"], state["wall"], state["skipped"]
+        if self.rank == 0:  # drop records logged after the checkpoint: they will be logged again
+            lines = (self.out / "metrics.jsonl").read_text().splitlines() if (self.out / "metrics.jsonl").exists() else []
+            kept = [line for line in lines if json.loads(line)["step"] <= self.step]
+            (self.out / "metrics.jsonl").write_text("".join(line + "\n" for line in kept))
+
+
+class _Loss(torch.nn.Module):
+    def __init__(self, model: SleepLM, use_checkpoint: bool):
+        super().__init__()
+        self.model, self.use_checkpoint = model, use_checkpoint
+
+    def forward(self, tokens, targets, loss_mask):
+        return self.model.loss(tokens, targets, loss_mask, use_checkpoint=self.use_checkpoint)
+
+
+def _distributed() -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("gloo")
+    return (dist.get_rank(), dist.get_world_size()) if world > 1 else (0, 1)
+
+
+def _mean_over_processes(value: torch.Tensor, world: int) -> float:
+    if world > 1:
+        value = value.clone()
+        dist.all_reduce(value)
+        value /= world
+    return float(value)
+
+
+def _flatten(record: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in record.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, name + "/"))
+        elif isinstance(value, list):
+            flat.update({f"{name}/{i}": v for i, v in enumerate(value)})
+        else:
+            flat[name] = value
+    return flat
