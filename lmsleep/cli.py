@@ -21,7 +21,15 @@ def _data(sub) -> None:
     parser.set_defaults(run=data_cli.run)
 
 
-SUBCOMMANDS = [_demo, _data]
+def _train(sub) -> None:
+    from . import train_cli
+
+    parser = sub.add_parser("train", help="train a model on a task (Muon + AdamW, checkpoints, --resume, torchrun)")
+    train_cli.add_arguments(parser)
+    parser.set_defaults(run=train_cli.run)
+
+
+SUBCOMMANDS = [_demo, _data, _train]
 
 
 def build_parser() -> argparse.ArgumentParser:

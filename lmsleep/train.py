@@ -17,6 +17,7 @@ import math
 import os
 import shutil
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -220,8 +221,10 @@ class Trainer:
         else:
             for o in self.optimizers:
                 o.step()
-        for s in self.schedulers:
-            s.step()
+        with warnings.catch_warnings():  # a skipped step still advances the schedule, on purpose
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+            for s in self.schedulers:
+                s.step()
         self.step += 1
         return record
 

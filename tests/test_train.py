@@ -1,0 +1,139 @@
+"""Training: resumed runs end exactly like uninterrupted ones, 2-process DDP follows the 1-process loss
+curve, non-finite steps are skipped and never saved, optimiser groups and schedule are as the paper."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from lmsleep.cli import main
+from lmsleep.train import TrainConfig, Trainer, lr_factor, parameter_groups
+
+TINY_MODEL = {"d_model": 32, "mlp_hidden": 64, "n_heads": 2, "head_dim": 8, "n_fast_heads": 2, "fast_key_dim": 8,
+              "fast_value_dim": 8, "sleep_passes": 2}
+
+
+def tiny_train_config(**changes) -> TrainConfig:
+    base = dict(task="rule110", task_options={"t_min": 1, "t_max": 2}, model=TINY_MODEL, steps=8, batch_size=8,
+                warmup=2, eval_every=4, eval_size=16, log_every=2, checkpoint_every=3, eval_passes=[1, 2])
+    return TrainConfig(**{**base, **changes})
+
+
+def metrics(path, drop=("wall_s",)):
+    records = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in drop} for r in records]
+
+
+def test_interrupted_and_resumed_run_ends_exactly_like_an_uninterrupted_one(tmp_path, monkeypatch):
+    cfg = tiny_train_config()
+    Trainer(cfg, tmp_path / "straight", progress=False).run()
+
+    original_step = Trainer.train_step
+
+    def crash_at_step_5(self):
+        if self.step == 5:  # after the step-3 checkpoint and two more logged steps
+            raise KeyboardInterrupt
+        return original_step(self)
+
+    monkeypatch.setattr(Trainer, "train_step", crash_at_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(cfg, tmp_path / "resumed", progress=False).run()
+    monkeypatch.setattr(Trainer, "train_step", original_step)
+    resumed = Trainer(cfg, tmp_path / "resumed", resume=True, progress=False)
+    assert resumed.step == 3
+    resumed.run()
+
+    assert metrics(tmp_path / "resumed") == metrics(tmp_path / "straight")
+    a = torch.load(tmp_path / "straight" / "checkpoint" / "training.pt", weights_only=False)
+    b = torch.load(tmp_path / "resumed" / "checkpoint" / "training.pt", weights_only=False)
+    assert a["step"] == b["step"] == 8
+    from lmsleep.io import load_model
+
+    for (name, p), q in zip(load_model(tmp_path / "straight" / "checkpoint").named_parameters(),
+                            load_model(tmp_path / "resumed" / "checkpoint").parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0, msg=name)
+
+
+def test_resume_refuses_a_different_configuration(tmp_path):
+    Trainer(tiny_train_config(steps=3), tmp_path, progress=False).run()
+    with pytest.raises(ValueError, match="different configuration"):
+        Trainer(tiny_train_config(steps=3, lr=1e-3), tmp_path, resume=True, progress=False)
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        Trainer(tiny_train_config(), tmp_path / "empty", resume=True, progress=False)
+
+
+def test_non_finite_steps_are_skipped_logged_and_never_saved(tmp_path, monkeypatch):
+    cfg = tiny_train_config(steps=4, checkpoint_every=1)
+    trainer = Trainer(cfg, tmp_path, progress=False)
+    before = {n: p.clone() for n, p in trainer.model.named_parameters()}
+    real_loss = trainer.model.loss
+
+    def poisoned(*args, **kwargs):
+        loss = real_loss(*args, **kwargs)
+        return loss * float("nan") if trainer.step == 0 else loss
+
+    monkeypatch.setattr(trainer.model, "loss", poisoned)
+    trainer.run()
+    records = metrics(tmp_path)
+    assert records[0]["step"] == 1 and records[0]["skipped"] == "non-finite loss or gradient"
+    assert records[-1]["skipped_steps"] == 1
+    # The skipped step changed nothing (Adam/Muon states untouched), later steps trained.
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    assert any((p - before[n]).abs().max() > 0 for n, p in trainer.model.named_parameters())
+
+
+def test_checkpoint_with_non_finite_weights_is_refused(tmp_path):
+    trainer = Trainer(tiny_train_config(steps=2), tmp_path, progress=False)
+    trainer.run()
+    saved = (tmp_path / "checkpoint" / "model.safetensors").read_bytes()
+    with torch.no_grad():
+        next(trainer.model.parameters()).fill_(float("inf"))
+    trainer.save_checkpoint()
+    assert (tmp_path / "checkpoint" / "model.safetensors").read_bytes() == saved
+    assert "non-finite weights" in metrics(tmp_path)[-1]["warning"]
+
+
+def test_optimizer_groups_and_schedule():
+    trainer = Trainer.__new__(Trainer)
+    from lmsleep import SleepLM
+
+    model = SleepLM(tiny_train_config().model_config())
+    muon, adamw = parameter_groups(model)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert all(p.dim() == 2 for p in muon)
+    adamw_names = {names[id(p)] for p in adamw}
+    assert {"embed.weight", "head.weight"} <= adamw_names
+    assert any("decay_input" in n for n in adamw_names) and any("A_log" in n for n in adamw_names)
+    assert len(muon) + len(adamw) == len(list(model.parameters()))
+    cfg = tiny_train_config(steps=100, warmup=10, min_lr_ratio=0.1)
+    assert lr_factor(0, cfg) == pytest.approx(0.1) and lr_factor(9, cfg) == pytest.approx(1.0)
+    assert lr_factor(100, cfg) == pytest.approx(0.1) and 0.1 < lr_factor(55, cfg) < 1.0
+    del trainer
+
+
+def test_two_process_ddp_matches_one_process(tmp_path):
+    common = ["train", "--task", "rule110", "--opt", "t_min=1", "--opt", "t_max=1", "--steps", "4",
+              "--batch-size", "8", "--eval-every", "4", "--eval-size", "8", "--log-every", "1",
+              "--checkpoint-every", "4", "--d-model", "32", "--mlp-hidden", "64", "--passes", "2", "--no-progress"]
+    assert main(common + ["--out", str(tmp_path / "one")]) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+         "-m", "lmsleep.cli", *common, "--out", str(tmp_path / "two")],
+        check=True, env=env, capture_output=True,
+    )
+    one, two = metrics(tmp_path / "one"), metrics(tmp_path / "two")
+    losses_one = [r["loss"] for r in one if "loss" in r]
+    losses_two = [r["loss"] for r in two if "loss" in r]
+    assert len(losses_one) == len(losses_two) == 4
+    assert losses_one == pytest.approx(losses_two, rel=1e-4, abs=1e-5)
+    assert one[-1]["eval"]["N2"]["loss"] == pytest.approx(two[-1]["eval"]["N2"]["loss"], rel=1e-4)
+
+
+def test_train_cli_errors_are_clear(capsys):
+    assert main(["train", "--task", "nope", "--out", "/tmp/x"]) == 2
+    assert "TrainConfig.task must be one of" in capsys.readouterr().err
+    assert main(["train", "--task", "rule110", "--opt", "bits", "--out", "/tmp/x"]) == 2
+    assert "KEY=VALUE" in capsys.readouterr().err
