@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def _demo(sub) -> None:
@@ -29,7 +30,51 @@ def _train(sub) -> None:
     parser.set_defaults(run=train_cli.run)
 
 
-SUBCOMMANDS = [_demo, _data, _train]
+def _sweep(sub) -> None:
+    parser = sub.add_parser(
+        "sweep", help="run a grid of training jobs, then write the report (default: the built-in Rule 110 N=1 vs N=4)"
+    )
+    parser.add_argument("config", nargs="?", help="sweep JSON file (default: the built-in quick sweep)")
+    parser.add_argument("--out", help="sweep directory (default runs/<sweep name>)")
+    parser.add_argument("--jobs", type=int, default=2, help="runs in parallel, one thread each (default 2)")
+    parser.add_argument("--estimate", action="store_true", help="only print the time estimate")
+    parser.set_defaults(run=_run_sweep)
+
+
+def _run_sweep(args) -> int:
+    from .report import summarise, load_runs, metric_name, write_report
+    from .sweep import load_sweep, run_sweep
+
+    if args.jobs < 1:
+        raise ValueError(f"--jobs must be at least 1, got {args.jobs}")
+    sweep = load_sweep(args.config)
+    out = args.out or f"runs/{sweep.get('name', 'sweep')}"
+    run_sweep(sweep, out, jobs=args.jobs, estimate_only=args.estimate)
+    if args.estimate:
+        return 0
+    report = write_report(out, sweep.get("name"))
+    runs = load_runs(Path(out))
+    for row in summarise(runs, metric_name(runs)):
+        print(f"{row['group']:>28}: held-out {row['metric']} accuracy {row['mean']:.3f} ± {row['std']:.3f} "
+              f"over {row['seeds']} seed(s), {row['tokens']:.3g} tokens, {row['wall_s']:.0f} s")
+    print(f"report: {report} (plots beside it)")
+    return 0
+
+
+def _report(sub) -> None:
+    parser = sub.add_parser("report", help="plots and a Markdown report from a sweep directory")
+    parser.add_argument("directory")
+    parser.add_argument("--title")
+    parser.set_defaults(run=lambda args: print(write_report_path(args)) or 0)
+
+
+def write_report_path(args) -> str:
+    from .report import write_report
+
+    return str(write_report(args.directory, args.title))
+
+
+SUBCOMMANDS = [_demo, _data, _train, _sweep, _report]
 
 
 def build_parser() -> argparse.ArgumentParser:

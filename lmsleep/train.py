@@ -51,6 +51,7 @@ class TrainConfig:
     eval_every: int = 100
     eval_size: int = 256
     eval_passes: list[int] | None = None  # evaluate at these N′ too (default: the model's N)
+    final_eval_passes: list[int] | None = None  # after the last step, evaluate at these N′ (e.g. 1..8)
     log_every: int = 10
     checkpoint_every: int = 100
     seed: int = 0
@@ -74,7 +75,13 @@ class TrainConfig:
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"TrainConfig.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}")
         self.task_options_object()  # validates the task options
-        self.model_config()  # validates the model fields
+        model = self.model_config()  # validates the model fields
+        for name in ("eval_passes", "final_eval_passes"):
+            passes = getattr(self, name) or []
+            if any(not isinstance(n, int) or n < 1 for n in passes):
+                raise ValueError(f"TrainConfig.{name} must be positive integers, got {passes!r}")
+            if model.eviction == "none" and any(n != 1 for n in passes):
+                raise ValueError(f"TrainConfig.{name}: a model with eviction='none' only runs at N = 1")
 
     def task_module(self):
         return TASKS[self.task]
@@ -231,11 +238,11 @@ class Trainer:
     # ----- evaluation -----
 
     @torch.no_grad()
-    def evaluate(self) -> dict:
+    def evaluate(self, passes_list: list[int] | None = None) -> dict:
         self.model.eval()
         data = self.eval_batch
         results = {}
-        for passes in self.cfg.eval_passes or [self.model.config.sleep_passes]:
+        for passes in passes_list or self.cfg.eval_passes or [self.model.config.sleep_passes]:
             predicted, losses = [], []
             for start in range(0, data["tokens"].shape[0], 64):
                 part = {k: v[start : start + 64] for k, v in data.items()}
@@ -278,6 +285,8 @@ class Trainer:
                 bar.update(1)
         if bar is not None:
             bar.close()
+        if cfg.final_eval_passes and not any("final_eval" in r for r in self.records):
+            self._log({"step": self.step, **self._counters(), "final_eval": self.evaluate(cfg.final_eval_passes)})
         if self.writer is not None:
             self.writer.close()
         return self.records

@@ -1,0 +1,195 @@
+"""`lmsleep report`: turn a sweep directory into plots and a Markdown report.
+
+Figures (PNG, beside report.md):
+    curves.png      held-out accuracy vs training tokens, vs wall time and vs estimated FLOPs, per model/N
+    difficulty.png  final accuracy per difficulty bucket (t, k or op count), per model/N
+    passes.png      sleep models evaluated at N′ = 1..8 after training at N (final_eval_passes)
+Lines are means over seeds; shaded bands span min..max over seeds.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+METRIC = {"rule110": "exact"}  # other tasks: "answer" (several queries per example; per-answer accuracy)
+
+
+def load_runs(sweep_dir: Path) -> list[dict]:
+    runs = []
+    for directory in sorted(p for p in sweep_dir.iterdir() if p.is_dir()):
+        config_file = next((directory / n for n in ("sweep-config.json", "train.json") if (directory / n).exists()), None)
+        metrics = directory / "metrics.jsonl"
+        if config_file is None or not metrics.exists():
+            continue
+        config = json.loads(config_file.read_text())
+        records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+        evals = [r for r in records if "eval" in r]
+        if not evals:
+            continue
+        name = directory.name
+        group = name.rsplit("-s", 1)[0] if "-s" in name else name
+        runs.append({"name": name, "group": group, "config": config, "evals": evals,
+                     "final": next((r["final_eval"] for r in records if "final_eval" in r), None),
+                     "seed": config.get("seed", 0), "steps": config["steps"]})
+    return runs
+
+
+def metric_name(runs: list[dict]) -> str:
+    tasks = {r["config"]["task"] for r in runs}
+    return METRIC.get(tasks.pop(), "answer") if len(tasks) == 1 else "answer"
+
+
+def _main_eval(record: dict) -> dict:
+    return next(iter(record["eval"].values()))  # the first N evaluated: the model's own N
+
+
+def summarise(runs: list[dict], metric: str) -> list[dict]:
+    groups = defaultdict(list)
+    for run in runs:
+        groups[run["group"]].append(run)
+    rows = []
+    for group, members in sorted(groups.items()):
+        finals = [_main_eval(r["evals"][-1])[metric] for r in members]
+        last = [r["evals"][-1] for r in members]
+        rows.append({
+            "group": group, "seeds": len(members), "metric": metric,
+            "mean": statistics.fmean(finals), "std": statistics.pstdev(finals) if len(finals) > 1 else 0.0,
+            "values": finals, "steps": max(r["step"] for r in last),
+            "tokens": statistics.fmean(r["tokens"] for r in last),
+            "wall_s": statistics.fmean(r["wall_s"] for r in last),
+            "flops": statistics.fmean(r["flops"] for r in last),
+            "complete": all(r["step"] == m["steps"] for r, m in zip(last, members)),
+        })
+    return rows
+
+
+def plot(runs: list[dict], metric: str, out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = defaultdict(list)
+    for run in runs:
+        groups[run["group"]].append(run)
+    written = []
+
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    for (group, members), color in zip(sorted(groups.items()), _colors(len(groups))):
+        for ax, x_key, label in zip(axes, ("tokens", "wall_s", "flops"), ("training tokens", "wall time (s)", "estimated training FLOPs")):
+            steps = sorted(set.intersection(*(set(e["step"] for e in r["evals"]) for r in members)))
+            xs, mean, low, high = [], [], [], []
+            for step in steps:
+                points = [next(e for e in r["evals"] if e["step"] == step) for r in members]
+                values = [_main_eval(p)[metric] for p in points]
+                xs.append(statistics.fmean(p[x_key] for p in points))
+                mean.append(statistics.fmean(values))
+                low.append(min(values))
+                high.append(max(values))
+            ax.plot(xs, mean, color=color, label=f"{group} ({len(members)} seeds)")
+            ax.fill_between(xs, low, high, color=color, alpha=0.15)
+            ax.set_xlabel(label)
+            ax.set_ylabel(f"held-out {metric} accuracy")
+            ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("Accuracy during training (mean over seeds, band = min..max)")
+    fig.tight_layout()
+    fig.savefig(out / "curves.png", dpi=110)
+    plt.close(fig)
+    written.append("curves.png")
+
+    finals = [r for r in runs if r["final"] or r["evals"]]
+    if finals:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for (group, members), color in zip(sorted(groups.items()), _colors(len(groups))):
+            buckets = defaultdict(list)
+            for r in members:
+                for bucket, value in _main_eval(r["evals"][-1])["per_bucket"].items():
+                    buckets[int(bucket)].append(value)
+            keys = sorted(buckets)
+            ax.plot(keys, [statistics.fmean(buckets[k]) for k in keys], marker="o", color=color, label=group)
+        ax.set_xlabel("difficulty bucket (rule110: t, depo: k hops, math: operations)")
+        ax.set_ylabel("final per-answer accuracy")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / "difficulty.png", dpi=110)
+        plt.close(fig)
+        written.append("difficulty.png")
+
+    sleepers = [r for r in runs if r["final"]]
+    if sleepers:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        by_group = defaultdict(list)
+        for r in sleepers:
+            by_group[r["group"]].append(r)
+        for (group, members), color in zip(sorted(by_group.items()), _colors(len(by_group))):
+            passes = sorted({int(k[1:]) for r in members for k in r["final"]})
+            ys = [statistics.fmean(r["final"][f"N{n}"][metric] for r in members if f"N{n}" in r["final"]) for n in passes]
+            ax.plot(passes, ys, marker="o", color=color, label=f"trained as {group}")
+        ax.set_xlabel("passes N′ at evaluation")
+        ax.set_ylabel(f"held-out {metric} accuracy")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / "passes.png", dpi=110)
+        plt.close(fig)
+        written.append("passes.png")
+    return written
+
+
+def _colors(n: int) -> list:
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab10"]
+    return [cmap(i % 10) for i in range(n)]
+
+
+def write_report(sweep_dir: str | Path, title: str | None = None) -> Path:
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise FileNotFoundError(f"sweep directory not found: {sweep_dir}")
+    runs = load_runs(sweep_dir)
+    if not runs:
+        raise ValueError(f"{sweep_dir} holds no run with evaluations yet")
+    metric = metric_name(runs)
+    rows = summarise(runs, metric)
+    figures = plot(runs, metric, sweep_dir)
+    lines = [f"# {title or sweep_dir.name}", "",
+             f"Held-out {metric} accuracy at the end of training (mean ± std over seeds; each value listed).", "",
+             "| run | seeds | final accuracy | values | steps | tokens | wall (s) | est. FLOPs |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for row in rows:
+        values = ", ".join(f"{v:.3f}" for v in row["values"])
+        flag = "" if row["complete"] else " (unfinished)"
+        lines.append(f"| {row['group']}{flag} | {row['seeds']} | {row['mean']:.3f} ± {row['std']:.3f} | {values} | "
+                     f"{row['steps']} | {row['tokens']:.3g} | {row['wall_s']:.0f} | {row['flops']:.3g} |")
+    buckets = sorted({int(b) for r in runs for b in _main_eval(r["evals"][-1])["per_bucket"]})
+    if buckets:
+        lines += ["", "Final per-answer accuracy per difficulty bucket:", "",
+                  "| run | " + " | ".join(str(b) for b in buckets) + " |", "| --- |" + " --- |" * len(buckets)]
+        groups = defaultdict(list)
+        for r in runs:
+            groups[r["group"]].append(_main_eval(r["evals"][-1])["per_bucket"])
+        for group, per in sorted(groups.items()):
+            cells = [statistics.fmean(p[str(b)] for p in per if str(b) in p) if any(str(b) in p for p in per) else None
+                     for b in buckets]
+            lines.append(f"| {group} | " + " | ".join("–" if c is None else f"{c:.3f}" for c in cells) + " |")
+    sleepers = [r for r in runs if r["final"]]
+    if sleepers:
+        passes = sorted({int(k[1:]) for r in sleepers for k in r["final"]})
+        lines += ["", f"Evaluated at N′ passes after training ({metric} accuracy, mean over seeds):", "",
+                  "| trained as | " + " | ".join(f"N′={n}" for n in passes) + " |", "| --- |" + " --- |" * len(passes)]
+        groups = defaultdict(list)
+        for r in sleepers:
+            groups[r["group"]].append(r["final"])
+        for group, finals in sorted(groups.items()):
+            cells = [statistics.fmean(f[f"N{n}"][metric] for f in finals) for n in passes]
+            lines.append(f"| {group} | " + " | ".join(f"{c:.3f}" for c in cells) + " |")
+    lines += [""] + [f"![{name}]({name})" for name in figures] + [""]
+    report = sweep_dir / "report.md"
+    report.write_text("\n".join(lines))
+    (sweep_dir / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
+    return report
