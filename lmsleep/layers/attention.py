@@ -21,6 +21,34 @@ class AttentionMemory:
     values: torch.Tensor | None = None
     retained_keys: torch.Tensor | None = None
     retained_values: torch.Tensor | None = None
+    # Streaming only: keys/values are views of these preallocated buffers, so appending a token copies
+    # one row instead of the whole cache. Rows past keys.shape[2] are free; nothing before them is written.
+    key_buffer: torch.Tensor | None = None
+    value_buffer: torch.Tensor | None = None
+
+    def append(self, k: torch.Tensor, v: torch.Tensor, limit: int | None) -> "AttentionMemory":
+        """The memory with k, v [batch, heads, new, dim] appended after this window's keys."""
+        if self.keys is None:
+            return AttentionMemory(k, v, self.retained_keys, self.retained_values)
+        seen, new = self.keys.shape[2], k.shape[2]
+        if torch.is_grad_enabled():  # training: keep the graph simple
+            keys, values = torch.cat([self.keys, k], dim=2), torch.cat([self.values, v], dim=2)
+            return AttentionMemory(keys, values, self.retained_keys, self.retained_values)
+        key_buffer, value_buffer = self.key_buffer, self.value_buffer
+        if key_buffer is None or key_buffer.shape[2] < seen + new or not _is_prefix_view(self.keys, key_buffer):
+            capacity = max(64, 2 * (seen + new))
+            capacity = min(capacity, limit) if limit else capacity
+            capacity = max(capacity, seen + new)
+            key_buffer = self.keys.new_empty(*self.keys.shape[:2], capacity, self.keys.shape[3])
+            value_buffer = self.values.new_empty(*self.values.shape[:2], capacity, self.values.shape[3])
+            key_buffer[:, :, :seen] = self.keys
+            value_buffer[:, :, :seen] = self.values
+        key_buffer[:, :, seen : seen + new] = k
+        value_buffer[:, :, seen : seen + new] = v
+        return AttentionMemory(
+            key_buffer[:, :, : seen + new], value_buffer[:, :, : seen + new],
+            self.retained_keys, self.retained_values, key_buffer, value_buffer,
+        )
 
     def next_pass(self) -> "AttentionMemory":
         """The memory a further sleep pass starts from: same retained keys, window keys recomputed."""
@@ -35,12 +63,16 @@ class AttentionMemory:
         )
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        names = ("keys", "values", "retained_keys", "retained_values")
+        names = ("keys", "values", "retained_keys", "retained_values")  # not the buffers: views suffice
         return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
 
     @classmethod
     def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> "AttentionMemory":
         return cls(**tensors)
+
+
+def _is_prefix_view(view: torch.Tensor, buffer: torch.Tensor) -> bool:
+    return view.data_ptr() == buffer.data_ptr() and view.stride() == buffer.stride()
 
 
 class Attention(nn.Module):
@@ -49,6 +81,7 @@ class Attention(nn.Module):
         self.n_heads, self.head_dim = config.n_heads, config.head_dim
         self.theta = config.rope_theta
         self.offset = config.retained_tokens
+        self.limit = None if config.eviction == "none" else config.window  # most keys a window holds
         inner = config.n_heads * config.head_dim
         self.qkv = nn.Linear(config.d_model, 3 * inner, bias=False)
         self.out = nn.Linear(inner, config.d_model, bias=False)
@@ -58,10 +91,8 @@ class Attention(nn.Module):
         memory = memory or AttentionMemory()
         batch, new, _ = x.shape
         q, k, v = self.qkv(x).view(batch, new, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        keys = k if memory.keys is None else torch.cat([memory.keys, k], dim=2)
-        values = v if memory.values is None else torch.cat([memory.values, v], dim=2)
+        memory = memory.append(k, v, self.limit)
         y = window_attention(
-            q, keys, values, memory.retained_keys, memory.retained_values, self.offset, self.theta
+            q, memory.keys, memory.values, memory.retained_keys, memory.retained_values, self.offset, self.theta
         )
-        y = self.out(y.transpose(1, 2).reshape(batch, new, -1))
-        return y, AttentionMemory(keys, values, memory.retained_keys, memory.retained_values)
+        return self.out(y.transpose(1, 2).reshape(batch, new, -1)), memory
