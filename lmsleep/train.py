@@ -229,7 +229,7 @@ class Trainer:
             for o in self.optimizers:
                 o.step()
         with warnings.catch_warnings():  # a skipped step still advances the schedule, on purpose
-            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler")
             for s in self.schedulers:
                 s.step()
         self.step += 1
@@ -243,15 +243,20 @@ class Trainer:
         data = self.eval_batch
         results = {}
         for passes in passes_list or self.cfg.eval_passes or [self.model.config.sleep_passes]:
-            predicted, losses = [], []
+            predicted, token_losses = [], []
             for start in range(0, data["tokens"].shape[0], 64):
                 part = {k: v[start : start + 64] for k, v in data.items()}
                 logits = self.model(part["tokens"], part["loss_mask"], passes=passes)
-                mask = part["loss_mask"].bool()
-                losses.append(torch.nn.functional.cross_entropy(logits[mask], part["targets"][mask], reduction="sum"))
+                token_losses.append(torch.nn.functional.cross_entropy(
+                    logits.transpose(1, 2), part["targets"], reduction="none"))  # [n, T]
                 predicted.append(logits.argmax(-1))
             scores = score(torch.cat(predicted), data)
-            scores["loss"] = (sum(losses) / data["loss_mask"].sum()).item()
+            token_losses = torch.cat(token_losses)
+            mask = data["loss_mask"].bool()
+            scores["loss"] = token_losses[mask].mean().item()
+            scores["loss_per_bucket"] = {
+                int(b): token_losses[mask & (data["bucket"] == b)].mean().item() for b in data["bucket"][mask].unique()
+            }
             results[f"N{passes}"] = scores
         return results
 
