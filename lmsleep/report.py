@@ -140,6 +140,22 @@ def plot(runs: list[dict], metric: str, out: Path) -> list[str]:
     return written
 
 
+def _bucket_table(runs: list[dict], buckets: list[int], key: str, title: str) -> list[str]:
+    """A Markdown table of the last evaluation's per-bucket values (mean over seeds), one row per group."""
+    groups = defaultdict(list)
+    for r in runs:
+        last = _main_eval(r["evals"][-1])
+        if key in last:
+            groups[r["group"]].append(last[key])
+    if not groups or not buckets:
+        return []
+    lines = ["", title, "", "| run | " + " | ".join(str(b) for b in buckets) + " |", "| --- |" + " --- |" * len(buckets)]
+    for group, per in sorted(groups.items()):
+        cells = [[p[str(b)] for p in per if str(b) in p] for b in buckets]
+        lines.append(f"| {group} | " + " | ".join(f"{statistics.fmean(c):.3f}" if c else "–" for c in cells) + " |")
+    return lines
+
+
 def _colors(n: int) -> list:
     import matplotlib
 
@@ -167,16 +183,8 @@ def write_report(sweep_dir: str | Path, title: str | None = None) -> Path:
         lines.append(f"| {row['group']}{flag} | {row['seeds']} | {row['mean']:.3f} ± {row['std']:.3f} | {values} | "
                      f"{row['steps']} | {row['tokens']:.3g} | {row['wall_s']:.0f} | {row['flops']:.3g} |")
     buckets = sorted({int(b) for r in runs for b in _main_eval(r["evals"][-1])["per_bucket"]})
-    if buckets:
-        lines += ["", "Final per-answer accuracy per difficulty bucket:", "",
-                  "| run | " + " | ".join(str(b) for b in buckets) + " |", "| --- |" + " --- |" * len(buckets)]
-        groups = defaultdict(list)
-        for r in runs:
-            groups[r["group"]].append(_main_eval(r["evals"][-1])["per_bucket"])
-        for group, per in sorted(groups.items()):
-            cells = [statistics.fmean(p[str(b)] for p in per if str(b) in p) if any(str(b) in p for p in per) else None
-                     for b in buckets]
-            lines.append(f"| {group} | " + " | ".join("–" if c is None else f"{c:.3f}" for c in cells) + " |")
+    lines += _bucket_table(runs, buckets, "per_bucket", "Final per-answer accuracy per difficulty bucket:")
+    lines += _bucket_table(runs, buckets, "loss_per_bucket", "Final loss per difficulty bucket:")
     sleepers = [r for r in runs if r["final"]]
     if sleepers:
         passes = sorted({int(k[1:]) for r in sleepers for k in r["final"]})
