@@ -1,10 +1,15 @@
-"""The fast-weight op: chunked path vs the recurrent reference (forward and every gradient), and vs
-transformers' torch_chunk_gated_delta_rule."""
+"""The fast-weight op: chunked paths (the CPU fast path behind `gated_delta_rule`, and the plain one) vs
+the recurrent reference (forward and every gradient), and vs transformers' torch_chunk_gated_delta_rule."""
 import pytest
 import torch
 import torch.nn.functional as F
 
-from lmsleep.ops import gated_delta_rule
+from lmsleep.ops import (
+    chunk_gated_delta_rule,
+    fast_chunk_gated_delta_rule,
+    gated_delta_rule,
+    recurrent_gated_delta_rule,
+)
 
 
 def random_inputs(batch, time, heads, key_dim, value_dim, dtype, with_state, strong_decay=False):
@@ -91,3 +96,101 @@ def test_agrees_with_transformers_torch_chunk_gated_delta_rule(time, chunk_size)
     )
     torch.testing.assert_close(ours, theirs.to(ours.dtype), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(s_ours, s_theirs.to(s_ours.dtype), rtol=1e-4, atol=1e-5)
+
+
+# --- The CPU fast path (chunk_fast) and the plain chunked path, each against the reference directly. ---
+
+PATHS = {"fast": fast_chunk_gated_delta_rule, "plain": chunk_gated_delta_rule}
+
+
+def _forward_and_grads(rule, inputs, grad_out, grad_state, scale, **kwargs):
+    leaves = [x for x in inputs if x is not None]
+    out, state = rule(*inputs[:5], scale, inputs[5], **kwargs)
+    loss = (out * grad_out).sum() + (state * grad_state).sum()
+    return out, state, torch.autograd.grad(loss, leaves)
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+@pytest.mark.parametrize("with_state", [False, True], ids=["zero_state", "initial_state"])
+@pytest.mark.parametrize("time,chunk_size", CASES, ids=[f"T{t}-C{c}" for t, c in CASES])
+def test_path_matches_reference_forward_and_gradients(time, chunk_size, with_state, path):
+    inputs = random_inputs(2, time, 3, 8, 5, torch.float64, with_state)
+    for x in inputs:
+        if x is not None:
+            x.requires_grad_()
+    grad_out = torch.randn(2, time, 3, 5, dtype=torch.float64)
+    grad_state = torch.randn(2, 3, 8, 5, dtype=torch.float64)
+    scale = 8**-0.5
+    out, state, grads = _forward_and_grads(PATHS[path], inputs, grad_out, grad_state, scale, chunk_size=chunk_size)
+    out_r, state_r, grads_r = _forward_and_grads(recurrent_gated_delta_rule, inputs, grad_out, grad_state, scale)
+    torch.testing.assert_close(out, out_r, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(state, state_r, rtol=1e-10, atol=1e-10)
+    names = ["q", "k", "v", "g", "beta", "initial_state"]
+    for name, a, b in zip(names, grads, grads_r):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9, msg=f"{path}: gradient of {name} differs")
+
+
+def test_fast_path_gradcheck():
+    inputs = random_inputs(1, 7, 2, 3, 2, torch.float64, True)
+    inputs = [x.requires_grad_() for x in inputs]
+
+    def rule(q, k, v, g, beta, state):
+        return fast_chunk_gated_delta_rule(q, k, v, g, beta, 0.7, state, chunk_size=3)
+
+    assert torch.autograd.gradcheck(rule, inputs)
+
+
+@pytest.mark.parametrize("used", ["out", "state"])
+def test_fast_path_with_one_output_unused_and_partial_leaves(used):
+    inputs = random_inputs(2, 11, 2, 4, 3, torch.float64, False)
+    k, g = inputs[1].requires_grad_(), inputs[3].requires_grad_()
+
+    def loss(rule):
+        out, state = rule(*inputs[:5], 0.5, None, chunk_size=4)
+        return (out if used == "out" else state).pow(2).sum()
+
+    grads = torch.autograd.grad(loss(fast_chunk_gated_delta_rule), [k, g])
+    grads_r = torch.autograd.grad(loss(lambda *a, chunk_size: recurrent_gated_delta_rule(*a)), [k, g])
+    for a, b in zip(grads, grads_r):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
+def test_fast_path_writes_every_element():
+    """With deterministic mode torch fills fresh tensors with NaN, so anything the fast path leaves
+    unwritten (its output and gradient buffers are allocated empty) would show up."""
+    inputs = random_inputs(2, 23, 3, 4, 5, torch.float64, True)
+    inputs = [x.requires_grad_() for x in inputs]
+    old_mode = torch.are_deterministic_algorithms_enabled()
+    old_fill = torch.utils.deterministic.fill_uninitialized_memory
+    torch.use_deterministic_algorithms(True)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    try:
+        out, state = fast_chunk_gated_delta_rule(*inputs[:5], 0.5, inputs[5], chunk_size=8)
+        grads = torch.autograd.grad(out.sum() + state.sum(), inputs)
+    finally:
+        torch.use_deterministic_algorithms(old_mode)
+        torch.utils.deterministic.fill_uninitialized_memory = old_fill
+    for x in (out, state, *grads):
+        assert torch.isfinite(x).all()
+
+
+@pytest.mark.parametrize("with_state", [False, True], ids=["zero_state", "initial_state"])
+def test_fast_path_float32_relative_error_against_float64_reference(with_state):
+    inputs = random_inputs(2, 300, 4, 32, 32, torch.float64, with_state)
+    leaves64 = [x.requires_grad_() for x in inputs if x is not None]
+    grad_out = torch.randn(2, 300, 4, 32, dtype=torch.float64)
+    grad_state = torch.randn(2, 4, 32, 32, dtype=torch.float64)
+    out64, state64, grads64 = _forward_and_grads(recurrent_gated_delta_rule, inputs, grad_out, grad_state, 32**-0.5)
+    inputs32 = [None if x is None else x.detach().float().requires_grad_() for x in inputs]
+    out32, state32, grads32 = _forward_and_grads(
+        fast_chunk_gated_delta_rule, inputs32, grad_out.float(), grad_state.float(), 32**-0.5, chunk_size=32
+    )
+    assert out32.dtype == torch.float32 and all(x.dtype == torch.float32 for x in grads32)
+
+    def rel(a, b):
+        return ((a.double() - b).norm() / b.norm()).item()
+
+    assert rel(out32, out64) < 1e-5
+    assert rel(state32, state64) < 1e-5
+    for name, a, b in zip(["q", "k", "v", "g", "beta", "initial_state"], grads32, grads64):
+        assert rel(a, b) < 1e-4, f"float32 gradient of {name} is off by {rel(a, b):.2e}"

@@ -2,5 +2,6 @@
 from .gated_delta_rule import gated_delta_rule
 from .naive import recurrent_gated_delta_rule
 from .chunk import chunk_gated_delta_rule
+from .chunk_fast import fast_chunk_gated_delta_rule
 
-__all__ = ["gated_delta_rule", "recurrent_gated_delta_rule", "chunk_gated_delta_rule"]
+__all__ = ["gated_delta_rule", "recurrent_gated_delta_rule", "chunk_gated_delta_rule", "fast_chunk_gated_delta_rule"]

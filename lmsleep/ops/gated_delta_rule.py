@@ -2,12 +2,15 @@
 
 Same calling convention as flash-linear-attention's `chunk_gated_delta_rule`, so the two can be swapped:
 tensors are [batch, time, heads, dim]; q and k are used as given (the layer L2-normalises them).
+It runs `chunk_fast` (hand-written backward); `chunk.chunk_gated_delta_rule` stays the readable chunked
+path and `naive.recurrent_gated_delta_rule` the reference, both tested against each other.
 """
 from __future__ import annotations
 
 import torch
 
 from .chunk import chunk_gated_delta_rule
+from .chunk_fast import fast_chunk_gated_delta_rule
 from .naive import recurrent_gated_delta_rule
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -50,8 +53,8 @@ def _check_inputs(q, k, v, g, beta, initial_state, chunk_size) -> None:
             )
         if initial_state.dtype not in _FLOAT_DTYPES:
             raise TypeError(f"gated_delta_rule: initial_state must be floating, got dtype {initial_state.dtype}")
-    if not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"gated_delta_rule: chunk_size must be a positive int, got {chunk_size!r}")
+    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"gated_delta_rule: chunk_size must be a positive int or None, got {chunk_size!r}")
 
 
 def gated_delta_rule(
@@ -64,7 +67,7 @@ def gated_delta_rule(
     scale: float | None = None,
     initial_state: torch.Tensor | None = None,
     output_final_state: bool = False,
-    chunk_size: int = 64,
+    chunk_size: int | None = None,
     reference: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Gated delta rule  S_t = α_t (I − β_t k_t k_tᵀ) S_{t-1} + β_t k_t v_tᵀ,  o_t = scale · S_tᵀ q_t.
@@ -74,7 +77,8 @@ def gated_delta_rule(
         g: log-decay log α_t ≤ 0, [batch, time, heads]. beta: write strength β_t, [batch, time, heads].
         scale: query scale, default K^-1/2. initial_state: [batch, heads, K, V] or None (zeros).
         output_final_state: also return the state after the last token.
-        chunk_size: tokens solved together by the chunked path; any time length works.
+        chunk_size: tokens solved together by the chunked path; any time length works. None picks what is
+            fastest on a CPU: 32 for K ≤ 64, else 64 (results differ only by rounding).
         reference: run the token-by-token reference instead of the chunked path.
     Returns:
         (out [batch, time, heads, V] in the input dtype, final state [batch, heads, K, V] or None).
@@ -96,5 +100,7 @@ def gated_delta_rule(
     elif reference:
         out, state = recurrent_gated_delta_rule(q, k, v, g, beta, scale, initial_state)
     else:
-        out, state = chunk_gated_delta_rule(q, k, v, g, beta, scale, initial_state, chunk_size)
+        if chunk_size is None:
+            chunk_size = 32 if q.shape[-1] <= 64 else 64
+        out, state = fast_chunk_gated_delta_rule(q, k, v, g, beta, scale, initial_state, chunk_size)
     return out.to(in_dtype), (state if output_final_state else None)
