@@ -97,7 +97,7 @@ def gated_delta_rule(
         state = initial_state if initial_state is not None else q.new_zeros(
             q.shape[0], q.shape[2], q.shape[3], v.shape[3]
         )
-    elif reference:
+    elif reference or q.shape[1] == 1:  # one token (streaming): the recurrence is a handful of small ops
         out, state = recurrent_gated_delta_rule(q, k, v, g, beta, scale, initial_state)
     else:
         if chunk_size is None:
