@@ -194,8 +194,8 @@ def write_report(sweep_dir: str | Path, title: str | None = None) -> Path:
         for r in sleepers:
             groups[r["group"]].append(r["final"])
         for group, finals in sorted(groups.items()):
-            cells = [statistics.fmean(f[f"N{n}"][metric] for f in finals) for n in passes]
-            lines.append(f"| {group} | " + " | ".join(f"{c:.3f}" for c in cells) + " |")
+            cells = [[f[f"N{n}"][metric] for f in finals if f"N{n}" in f] for n in passes]
+            lines.append(f"| {group} | " + " | ".join(f"{statistics.fmean(c):.3f}" if c else "–" for c in cells) + " |")
     lines += [""] + [f"![{name}]({name})" for name in figures] + [""]
     report = sweep_dir / "report.md"
     report.write_text("\n".join(lines))
