@@ -100,8 +100,7 @@ def plot(runs: list[dict], metric: str, out: Path) -> list[str]:
     plt.close(fig)
     written.append("curves.png")
 
-    finals = [r for r in runs if r["final"] or r["evals"]]
-    if finals:
+    if runs:
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for (group, members), color in zip(sorted(groups.items()), _colors(len(groups))):
             buckets = defaultdict(list)
@@ -110,14 +109,8 @@ def plot(runs: list[dict], metric: str, out: Path) -> list[str]:
                     buckets[int(bucket)].append(value)
             keys = sorted(buckets)
             ax.plot(keys, [statistics.fmean(buckets[k]) for k in keys], marker="o", color=color, label=group)
-        ax.set_xlabel("difficulty bucket (rule110: t, depo: k hops, math: operations)")
-        ax.set_ylabel("final per-answer accuracy")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / "difficulty.png", dpi=110)
-        plt.close(fig)
-        written.append("difficulty.png")
+        written.append(_finish(fig, ax, "difficulty bucket (rule110: t, depo: k hops, math: operations)",
+                               "final per-answer accuracy", out / "difficulty.png"))
 
     sleepers = [r for r in runs if r["final"]]
     if sleepers:
@@ -129,15 +122,22 @@ def plot(runs: list[dict], metric: str, out: Path) -> list[str]:
             passes = sorted({int(k[1:]) for r in members for k in r["final"]})
             ys = [statistics.fmean(r["final"][f"N{n}"][metric] for r in members if f"N{n}" in r["final"]) for n in passes]
             ax.plot(passes, ys, marker="o", color=color, label=f"trained as {group}")
-        ax.set_xlabel("passes N′ at evaluation")
-        ax.set_ylabel(f"held-out {metric} accuracy")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / "passes.png", dpi=110)
-        plt.close(fig)
-        written.append("passes.png")
+        written.append(_finish(fig, ax, "passes N′ at evaluation", f"held-out {metric} accuracy", out / "passes.png"))
     return written
+
+
+def _finish(fig, ax, xlabel: str, ylabel: str, path: Path) -> str:
+    """Label, save and close a one-axis figure; returns the file name."""
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name
 
 
 def _bucket_table(runs: list[dict], buckets: list[int], key: str, title: str) -> list[str]:
