@@ -2,6 +2,7 @@
 curve, non-finite steps are skipped and never saved, optimiser groups and schedule are as the paper."""
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -119,8 +120,11 @@ def test_two_process_ddp_matches_one_process(tmp_path):
               "--checkpoint-every", "4", "--d-model", "32", "--mlp-hidden", "64", "--passes", "2", "--no-progress"]
     assert main(common + ["--out", str(tmp_path / "one")]) == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with socket.socket() as probe:  # a free loopback port for the rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
     subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
          "-m", "lmsleep.cli", *common, "--out", str(tmp_path / "two")],
         check=True, env=env, capture_output=True,
     )
