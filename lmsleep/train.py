@@ -189,8 +189,9 @@ class Trainer:
         ]
         self.step, self.wall, self.skipped = 0, 0.0, 0
         self.records: list[dict] = []
-        self.eval_batch = batch(self.task.generate(self.options, cfg.eval_size, EVAL_SEED))
-        example = self.task.generate(self.options, 1, EVAL_SEED)[0]
+        held_out = self.task.generate(self.options, cfg.eval_size, EVAL_SEED)
+        self.eval_batch = batch(held_out)
+        example = held_out[0]  # every example of a task has the same layout
         self.flops_per_example = flops_per_example(self.model.config, example.loss_mask)
         self.tokens_per_example = len(example)
         if resume:

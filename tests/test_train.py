@@ -97,7 +97,6 @@ def test_checkpoint_with_non_finite_weights_is_refused(tmp_path):
 
 
 def test_optimizer_groups_and_schedule():
-    trainer = Trainer.__new__(Trainer)
     from lmsleep import SleepLM
 
     model = SleepLM(tiny_train_config().model_config())
@@ -111,7 +110,6 @@ def test_optimizer_groups_and_schedule():
     cfg = tiny_train_config(steps=100, warmup=10, min_lr_ratio=0.1)
     assert lr_factor(0, cfg) == pytest.approx(0.1) and lr_factor(9, cfg) == pytest.approx(1.0)
     assert lr_factor(100, cfg) == pytest.approx(0.1) and 0.1 < lr_factor(55, cfg) < 1.0
-    del trainer
 
 
 def test_two_process_ddp_matches_one_process(tmp_path):
