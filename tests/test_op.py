@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lmsleep.ops import chunk_fast
 from lmsleep.ops import (
     chunk_gated_delta_rule,
     fast_chunk_gated_delta_rule,
@@ -83,7 +84,30 @@ def _public(q, k, v, g, beta, scale, initial_state, chunk_size):
     )
 
 
-PATHS = {"public": _public, "fast": fast_chunk_gated_delta_rule, "plain": chunk_gated_delta_rule}
+def _fast_in_groups_of(chunks_per_group):
+    """The fast path made to lay out and solve `chunks_per_group` chunks at a time (the last group may be
+    shorter), as it does for long sequences, so that groups meet on small test shapes too."""
+
+    def rule(q, k, v, g, beta, scale, initial_state, chunk_size):
+        _, length = chunk_fast._chunking(q.shape[1], chunk_size)
+        values_per_chunk = q.shape[0] * q.shape[2] * length * max(q.shape[3], v.shape[3])
+        saved = chunk_fast.GROUP_ELEMENTS
+        chunk_fast.GROUP_ELEMENTS = chunks_per_group * values_per_chunk
+        try:
+            return fast_chunk_gated_delta_rule(q, k, v, g, beta, scale, initial_state, chunk_size)
+        finally:
+            chunk_fast.GROUP_ELEMENTS = saved
+
+    return rule
+
+
+PATHS = {
+    "public": _public,
+    "fast": fast_chunk_gated_delta_rule,
+    "fast-groups-of-1": _fast_in_groups_of(1),
+    "fast-groups-of-2": _fast_in_groups_of(2),
+    "plain": chunk_gated_delta_rule,
+}
 
 
 def _forward_and_grads(rule, inputs, grad_out, grad_state, scale, **kwargs):

@@ -9,207 +9,235 @@ Computes what `chunk.chunk_gated_delta_rule` computes (so it matches the recurre
     O = Γ·q S + P U,  P = (q Kᵀ) ⊙ D             S' = Γ_C S + (K · Γ_C/Γ)ᵀ U
 
 Why it is faster on a CPU than autograd through `chunk.py` or transformers' torch path:
-- one chunk (all batch·heads at once) is computed start to finish before the next, so temporaries are
-  a few hundred KiB that stay in cache, instead of whole-sequence tensors streamed through memory;
-- T is formed once by a triangular solve against I, so U is one matmul (u and w are never formed) and
-  the backward needs no second solve: (I + A)⁻ᵀ is Tᵀ. K and q share a buffer, so [K; q] S is one
-  matmul; in the backward dO and d(β·V) share one, for the same reason;
-- the backward is written out (`_backward`), one chunk at a time from the last, from the saved S, S',
-  U, T and P; it recomputes only elementwise quantities (D, Γ, the gathered chunk). Two identities keep
-  it short: dA = −(Tᵀ dU) Uᵀ, and the gradient of the log-decays is dG_i = q_i·dq_i − k_i·dk_i +
-  2 k_i·d(β·K)_i (+ ⟨S', dS'⟩ at the chunk's last token), read off gradients already computed rather
-  than from row and column sums over C×C tensors;
+- the inputs are laid out once as [chunk, batch·heads, C, dim] (zero-padded to whole chunks, which
+  changes nothing: a padded token has k = v = q = 0, β = 0 and g = 0), so every chunk is a contiguous
+  block and nothing is gathered or scattered per chunk;
+- everything that does not depend on S (D, A, T, P, T diag(β), the decays) is computed for all chunks
+  at once, in a few large batched ops; only the scan itself (3 matmuls per chunk forward, 2 backward)
+  runs chunk by chunk;
+- T is formed once by a triangular solve against I, so U is one matmul (u and w are never formed in
+  the forward) and the backward needs no second solve: (I + A)⁻ᵀ is Tᵀ. K and q share a buffer, so
+  [K; q] S is one matmul; in the backward dO and d(β·V) share one, for the same reason;
+- the backward is written out: a scan from the last chunk for dS (dU = Pᵀ dO + (K Γ_C/Γ) dS',
+  dS = Γ_C dS' + (Γ·q)ᵀ dO − wᵀ dU), then every other gradient for all chunks at once from the saved
+  S, U, T and P. Two identities keep it short: dA = −(Tᵀ dU) Uᵀ, and the gradient of the log-decays is
+  dG_i = q_i·dq_i − k_i·dk_i + 2 k_i·d(β·K)_i (+ ⟨S', dS'⟩ at the chunk's last token), read off
+  gradients already computed rather than from row and column sums over C×C tensors;
 - D is built with clamp + exp, never exp(−inf), which takes a slow path on CPU (about 15× slower).
 
-It issues ~25 torch ops per chunk forward and ~45 backward, so short sequences with few heads are
-dominated by per-op overhead, as for any eager implementation.
+`chunk_size` is an upper bound: the sequence is cut into ⌈T / chunk_size⌉ chunks of equal length
+(⌈T / chunks⌉, so at most chunks − 1 padded tokens). Results differ from other chunk sizes only by rounding.
 """
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 
-def _gather(x: torch.Tensor, span: slice) -> torch.Tensor:
-    """[batch, time, heads, dim] → a new contiguous [batch·heads, L, dim] of the time span."""
-    part = x[:, span].transpose(1, 2)
-    return x.new_empty(part.shape).copy_(part).view(-1, *part.shape[2:])  # always a copy
+def _chunking(time: int, chunk_size: int) -> tuple[int, int]:
+    """(chunks, tokens per chunk) for a sequence of `time` tokens and chunks of at most `chunk_size`."""
+    chunks = -(-time // chunk_size)
+    return chunks, -(-time // chunks)
 
 
-def _scatter(dst: torch.Tensor, span: slice, x: torch.Tensor) -> None:
-    """Write [batch·heads, L, dim] into dst[:, span], dst being [batch, time, heads, dim]."""
-    batch, _, heads = dst.shape[:3]
-    dst[:, span].copy_(x.view(batch, heads, *x.shape[1:]).transpose(1, 2))
+def _to_chunks(x: torch.Tensor, chunks: int, length: int, out: torch.Tensor | None = None) -> torch.Tensor:
+    """[batch, time, heads, (dim)] → [chunks, batch·heads, length, (dim)], zero-padded at the end of time.
+    Written into `out` (a view of that shape) when given."""
+    batch, time, heads = x.shape[:3]
+    tail = x.shape[3:]
+    if chunks * length != time:
+        x = F.pad(x, (0, 0) * (len(tail) + 1) + (0, chunks * length - time))
+    blocked = x.view(batch, chunks, length, heads, *tail).transpose(0, 1).transpose(2, 3)
+    if out is None:
+        return blocked.reshape(chunks, batch * heads, length, *tail)
+    out.view(chunks, batch, heads, length, *tail).copy_(blocked)
+    return out
 
 
-class _Chunk:
-    """The inputs of one chunk as [batch·heads, L, ·] tensors (fresh copies), with their decays."""
+def _from_chunks(x: torch.Tensor, out: torch.Tensor) -> None:
+    """Write [chunks, batch·heads, length, (dim)] into `out` [batch, time, heads, (dim)] (time ≤ chunks·length)."""
+    chunks, _, length = x.shape[:3]
+    batch, time, heads = out.shape[:3]
+    blocked = x.view(chunks, batch, heads, length, *x.shape[3:]).transpose(2, 3).transpose(0, 1)
+    full = chunks * length if chunks * length == time else (time // length) * length
+    if full:
+        out[:, :full].view(batch, full // length, length, heads, *x.shape[3:]).copy_(blocked[:, : full // length])
+    if full < time:
+        out[:, full:].copy_(blocked[:, -1, : time - full])
 
-    def __init__(self, q, k, v, g, beta, span: slice, scale: float):
-        self.span = span
-        # Keys and scaled queries share one buffer, so that [K; q] S is a single matmul.
-        keys, queries = k[:, span].transpose(1, 2), q[:, span].transpose(1, 2)  # [batch, heads, L, K]
-        length = keys.shape[2]
-        keys_queries = k.new_empty(*keys.shape[:2], 2 * length, keys.shape[3])
-        keys_queries[:, :, :length].copy_(keys)
-        torch.mul(queries, scale, out=keys_queries[:, :, length:])
-        self.keys_queries = keys_queries.view(-1, 2 * length, keys.shape[3])
-        self.k, self.q = self.keys_queries[:, :length], self.keys_queries[:, length:]
-        self.v = _gather(v, span)
-        self.beta = beta[:, span]  # [BH, L], a view
-        log_decay = g[:, span].cumsum(-1)  # G, [BH, L]
+
+class _Chunks:
+    """Everything of the forward that does not depend on the state, for all chunks at once.
+    Shapes: [chunks, batch·heads, C, ·] (C×C for the pair matrices), [chunks, batch·heads, C] for vectors."""
+
+    def __init__(self, q, k, v, g, beta, scale: float, length: int):
+        batch, time, heads, key_dim = q.shape
+        chunks = -(-time // length)
+        self.length = length
+        # Keys then scaled queries share one buffer per chunk, so that [K; q] S is a single matmul.
+        self.keys_queries = q.new_empty(chunks, batch * heads, 2 * length, key_dim)
+        _to_chunks(k, chunks, length, self.keys_queries[:, :, :length])
+        _to_chunks(q * scale, chunks, length, self.keys_queries[:, :, length:])
+        self.k, self.q = self.keys_queries[:, :, :length], self.keys_queries[:, :, length:]
+        self.v = _to_chunks(v, chunks, length)
+        self.beta = _to_chunks(beta, chunks, length)
+        log_decay = _to_chunks(g, chunks, length).cumsum(-1)  # G
         self.decay = log_decay.exp()  # Γ
-        self.to_end = (log_decay[:, -1:] - log_decay).exp_()  # Γ_C / Γ
-        self.chunk_decay = self.decay[:, -1, None, None]  # Γ_C, [BH, 1, 1]
+        self.to_end = (log_decay[..., -1:] - log_decay).exp_()  # Γ_C / Γ
+        self.chunk_decay = self.decay[..., -1, None, None]  # Γ_C, [chunks, batch·heads, 1, 1]
         # D_ij = exp(G_i − G_j) for j ≤ i, 0 above the diagonal. Clamped before exp so the upper part
         # cannot overflow; not masked with −inf, as exp of −inf takes a slow path on CPU (≈ 15× slower).
-        pairs = log_decay[:, :, None] - log_decay[:, None, :]
+        pairs = log_decay[..., :, None] - log_decay[..., None, :]
         self.pairs = pairs.clamp_(max=0).exp_().tril_()
+        products = torch.matmul(self.keys_queries, self.k.mT)  # [K Kᵀ; q Kᵀ]
+        products[:, :, :length].mul_(self.beta[..., None])
+        products.view(chunks, -1, 2, length, length).mul_(self.pairs.unsqueeze(2))
+        system, self.intra = products[:, :, :length], products[:, :, length:]  # A (strict lower part), P
+        eye = torch.eye(length, dtype=q.dtype, device=q.device).expand_as(system)
+        self.inverse = torch.linalg.solve_triangular(system, eye, upper=False, unitriangular=True)  # T
+        self.inverse_beta = self.inverse * self.beta[..., None, :]  # T diag(β)
+        self.k_to_end = self.k * self.to_end[..., None]  # K Γ_C/Γ
 
 
-def _forward(q, k, v, g, beta, scale, state, chunk_size, keep):
-    """Scan over chunks; g, beta are [batch·heads, time], state [batch·heads, K, V]. Returns the output,
-    the final state and, when `keep`, per chunk (S entering it, S leaving it, U, T, P) for the
-    backward; without `keep` the state is updated in place."""
-    time = q.shape[1]
-    out = v.new_empty(v.shape)
-    saved = []
-    state = state.clone()  # the caller's tensor is neither updated in place nor held for the backward
-    for start in range(0, time, chunk_size):
-        c = _Chunk(q, k, v, g, beta, slice(start, min(start + chunk_size, time)), scale)
-        length = c.k.shape[1]
-        decay_col = c.decay[..., None]
-        eye = torch.eye(length, dtype=q.dtype, device=q.device).expand(c.k.shape[0], length, length)
-        system = torch.matmul(c.k * c.beta[..., None], c.k.mT).mul_(c.pairs)  # A (strict lower part read)
-        inverse = torch.linalg.solve_triangular(system, eye, upper=False, unitriangular=True)  # T
-        intra = torch.matmul(c.q, c.k.mT).mul_(c.pairs)  # P
-        keys_queries_state = torch.matmul(c.keys_queries, state)  # [K S; q S]
+def _forward(chunked: _Chunks, state: torch.Tensor, keep: bool):
+    """The scan over chunks from `state` [batch·heads, K, V]. Returns the output [chunks, batch·heads, C, V],
+    the final state and, when `keep`, (the states entering each chunk and the last, [chunks + 1, ...], U)."""
+    c = chunked
+    chunks, length = c.v.shape[0], c.length
+    out = c.v.new_empty(c.v.shape)
+    if keep:
+        states = state.new_empty(chunks + 1, *state.shape)
+        states[0] = state
+        pseudo_values = c.v.new_empty(c.v.shape)
+    else:
+        state = state.clone()  # updated in place below; the caller's tensor is left alone
+    for i in range(chunks):
+        if keep:
+            state = states[i]
+        keys_queries_state = torch.matmul(c.keys_queries[i], state)  # [K S; q S]
         k_state, q_state = keys_queries_state[:, :length], keys_queries_state[:, length:]
         # U = u − w S = T diag(β) (V − Γ·K S): one matmul, u and w are never formed.
-        residual = torch.addcmul(c.v, k_state, decay_col, value=-1)  # V − Γ·K S
-        pseudo_values = torch.matmul(inverse * c.beta[:, None, :], residual)
-        o = q_state.mul_(decay_col).baddbmm_(intra, pseudo_values)  # O = Γ·q S + P U
-        _scatter(out, c.span, o)
-        k_to_end = c.k.mul_(c.to_end[..., None])
+        residual = torch.addcmul(c.v[i], k_state, c.decay[i, ..., None], value=-1)  # V − Γ·K S
+        u_out = pseudo_values[i] if keep else None
+        pseudo = torch.matmul(c.inverse_beta[i], residual, out=u_out)
+        torch.baddbmm(q_state.mul_(c.decay[i, ..., None]), c.intra[i], pseudo, out=out[i])  # O = Γ·q S + P U
         if keep:
-            new_state = torch.mul(state, c.chunk_decay).baddbmm_(k_to_end.mT, pseudo_values)
-            saved.append((state, new_state, pseudo_values, inverse, intra))
-            state = new_state
+            torch.baddbmm(state * c.chunk_decay[i], c.k_to_end[i].mT, pseudo, out=states[i + 1])
         else:
-            state.mul_(c.chunk_decay).baddbmm_(k_to_end.mT, pseudo_values)
-    return out, state, saved
+            state.mul_(c.chunk_decay[i]).baddbmm_(c.k_to_end[i].mT, pseudo)
+    if keep:
+        return out, states[-1], (states, pseudo_values)
+    return out, state, None
 
 
-def _backward(grad_out, grad_state, q, k, v, g, beta, scale, chunk_size, saved):
-    """Gradients of `_forward` for q, k, v, g, beta ([batch·heads, time] for g, beta) and the initial
-    state, given those of the output and of the final state; one chunk at a time from the last."""
-    time = q.shape[1]
-    grad_state = grad_state.clone()  # updated in place below
-    grad_q, grad_k, grad_v = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    grad_g, grad_beta = torch.empty_like(g), torch.empty_like(beta)
-    starts = range(0, time, chunk_size)
-    batch, _, heads, value_dim = v.shape
-    for start, chunk_saved in zip(reversed(starts), reversed(saved)):
-        state, next_state, pseudo_values, inverse, intra = chunk_saved
-        c = _Chunk(q, k, v, g, beta, slice(start, min(start + chunk_size, time)), scale)
-        length = c.k.shape[1]
-        beta_col, decay_col, to_end_col = c.beta[..., None], c.decay[..., None], c.to_end[..., None]
-        # dO and d(β·V) meet the same right factors (Sᵀ, Uᵀ) below, so they share one buffer.
-        grads_ov = v.new_empty(batch, heads, 2 * length, value_dim)
-        grads_ov[:, :, :length].copy_(grad_out[:, c.span].transpose(1, 2))
-        grads_ov = grads_ov.view(-1, 2 * length, value_dim)
-        grad_o, grad_v_beta = grads_ov[:, :length], grads_ov[:, length:]
+def _backward(c: _Chunks, saved, grad_out, grad_state):
+    """Gradients of `_forward`: given dO [batch, time, heads, V] and dS of the final state
+    [batch·heads, K, V], those of q·scale, k, v, g, beta (chunked layout) and the initial state."""
+    states, pseudo_values = saved
+    chunks, length = c.v.shape[0], c.length
+    # dO and d(β·V) meet the same right factors (Sᵀ, Uᵀ) below, so they share one buffer.
+    grads_ov = grad_out.new_empty(chunks, c.v.shape[1], 2 * length, c.v.shape[-1])
+    _to_chunks(grad_out, chunks, length, grads_ov[:, :, :length])
+    grad_o, grad_v_beta = grads_ov[:, :, :length], grads_ov[:, :, length:]
 
-        # The scan step S' = Γ_C S + (K Γ_C/Γ)ᵀ U, O = Γ·q S + P U, U = T diag(β) (V − Γ·K S), read as
-        # U = u − w S with u = T β·V, w = T β·Γ·K. Backwards: du = dU, d(β·V) = Tᵀ dU,
-        # d(β·Γ·K) = Tᵀ dw = −d(β·V) Sᵀ, and dA = −d(β·V) uᵀ − d(β·Γ·K) wᵀ = −d(β·V) Uᵀ.
-        grad_pseudo = torch.matmul(intra.mT, grad_o).baddbmm_(c.k * to_end_col, grad_state)  # dU
-        grad_v_beta.copy_(torch.matmul(inverse.mT, grad_pseudo))
-        grad_k_chunk = torch.matmul(pseudo_values, grad_state.mT)  # d(K Γ_C/Γ)
-        # Every decay inside the chunk also scales S', so G_C gets ⟨S', dS'⟩ in all (see dG below).
-        grad_last = torch.linalg.vecdot(next_state.flatten(1), grad_state.flatten(1))
-        # dS = Γ_C dS' + (Γ·q)ᵀ dO − (β·Γ·K)ᵀ d(β·V), one matmul over the stacked rows.
-        left = k.new_empty(grads_ov.shape[0], 2 * length, k.shape[-1])
-        torch.mul(c.q, decay_col, out=left[:, :length])
-        torch.mul(c.k, -(beta_col * decay_col), out=left[:, length:])
-        grad_state.mul_(c.chunk_decay).baddbmm_(left.mT, grads_ov)
+    # The scan backwards, read with U = u − w S (u = T β·V, w = T β·Γ·K): du = dU = Pᵀ dO + (K Γ_C/Γ) dS',
+    # dS = Γ_C dS' + (Γ·q)ᵀ dO − wᵀ dU. Only the dS' terms depend on the scan.
+    grad_pseudo = torch.matmul(c.intra.mT, grad_o)  # Pᵀ dO, then dU
+    scaled_queries = c.q * c.decay[..., None]  # Γ·q
+    grad_state_from_out = torch.matmul(scaled_queries.mT, grad_o)  # (Γ·q)ᵀ dO
+    w = torch.matmul(c.inverse_beta, c.k * c.decay[..., None])  # w = T β·Γ·K
+    grad_next_states = torch.empty_like(states[1:])  # dS' of each chunk
+    grad_state = grad_state.clone()
+    for i in reversed(range(chunks)):
+        grad_next_states[i] = grad_state
+        grad_pseudo[i].baddbmm_(c.k_to_end[i], grad_state)
+        grad_state.mul_(c.chunk_decay[i]).add_(grad_state_from_out[i]).baddbmm_(w[i].mT, grad_pseudo[i], alpha=-1)
 
-        ov_state = torch.matmul(grads_ov, state.mT)  # [d(Γ·q); −d(β·Γ·K)]
-        pair_grads = torch.matmul(grads_ov, pseudo_values.mT)  # [dP; −dA], then ⊙ D
-        pair_grads.view(-1, 2, length, length).mul_(c.pairs[:, None])
-        pair_grads[:, length:].diagonal(dim1=-2, dim2=-1).zero_()  # A is used on its strict lower part
-        grad_intra, neg_grad_system = pair_grads[:, :length], pair_grads[:, length:]
-        pairs_k = torch.matmul(pair_grads, c.k)  # [(dP ⊙ D) K; −(dA ⊙ D) K]
-        grad_q_chunk = ov_state[:, :length].mul_(decay_col).add_(pairs_k[:, :length])  # d(scaled q)
-        # W = −d(β·K)/β, through β·Γ·K and through A's rows.
-        neg_grad_k_beta = pairs_k[:, length:].addcmul_(ov_state[:, length:], decay_col)
-        grad_k_chunk.mul_(to_end_col).add_(torch.matmul(grad_intra.mT, c.q))
-        grad_k_chunk.baddbmm_(neg_grad_system.mT, c.k * beta_col, alpha=-1)  # (dA ⊙ D)ᵀ β·K
-        grad_k_chunk.addcmul_(neg_grad_k_beta, beta_col, value=-1)
+    # Everything else, for all chunks at once (dA = −d(β·V) Uᵀ, d(β·Γ·K) = −d(β·V) Sᵀ).
+    grad_v_beta.copy_(torch.matmul(c.inverse.mT, grad_pseudo))  # d(β·V) = Tᵀ dU
+    beta_col, decay_col, to_end_col = c.beta[..., None], c.decay[..., None], c.to_end[..., None]
+    entering, leaving = states[:-1], states[1:]
+    grad_k = torch.matmul(pseudo_values, grad_next_states.mT).mul_(to_end_col)  # through K Γ_C/Γ
+    # Every decay inside the chunk also scales S', so G_C gets ⟨S', dS'⟩ in all (see dG below).
+    grad_last = torch.linalg.vecdot(leaving.flatten(2), grad_next_states.flatten(2))
+    ov_state = torch.matmul(grads_ov, entering.mT)  # [d(Γ·q); −d(β·Γ·K)]
+    pair_grads = torch.matmul(grads_ov, pseudo_values.mT)  # [dP; −dA], then ⊙ D
+    pair_grads.view(chunks, -1, 2, length, length).mul_(c.pairs.unsqueeze(2))
+    pair_grads[:, :, length:].diagonal(dim1=-2, dim2=-1).zero_()  # A is used on its strict lower part
+    grad_intra, neg_grad_system = pair_grads[:, :, :length], pair_grads[:, :, length:]
+    pairs_k = torch.matmul(pair_grads, c.k)  # [(dP ⊙ D) K; −(dA ⊙ D) K]
+    grad_q = ov_state[:, :, :length].mul_(decay_col).add_(pairs_k[:, :, :length])  # d(scaled q)
+    # W = −d(β·K)/β, through β·Γ·K and through A's rows.
+    neg_grad_k_beta = pairs_k[:, :, length:].addcmul_(ov_state[:, :, length:], decay_col)
+    grad_k.add_(torch.matmul(grad_intra.mT, c.q))
+    grad_k.sub_(torch.matmul(neg_grad_system.mT, c.k * beta_col))  # (dA ⊙ D)ᵀ β·K
+    grad_k.addcmul_(neg_grad_k_beta, beta_col, value=-1)
 
-        grad_beta_k = torch.linalg.vecdot(c.k, neg_grad_k_beta).neg_()
-        grad_beta[:, c.span] = torch.linalg.vecdot(grad_v_beta, c.v) + grad_beta_k
-        _scatter(grad_v, c.span, grad_v_beta * beta_col)
-        # dG_i = q_i·dq_i − k_i·dk_i + 2 β_i k_i·d(β·K)_i/β_i (every factor exp(G_i − G_j) pairs a row at i
-        # with a column at j), plus ⟨S', dS'⟩ at the chunk's last token.
-        grad_log_decay = torch.linalg.vecdot(c.q, grad_q_chunk) - torch.linalg.vecdot(c.k, grad_k_chunk)
-        grad_log_decay.addcmul_(c.beta, grad_beta_k, value=2)
-        grad_log_decay[:, -1] += grad_last
-        grad_g[:, c.span] = grad_log_decay.flip(-1).cumsum(-1).flip(-1)
-        _scatter(grad_q, c.span, grad_q_chunk.mul_(scale))
-        _scatter(grad_k, c.span, grad_k_chunk)
+    grad_beta_k = torch.linalg.vecdot(c.k, neg_grad_k_beta).neg_()
+    grad_beta = torch.linalg.vecdot(grad_v_beta, c.v).add_(grad_beta_k)
+    grad_v = grad_v_beta * beta_col
+    # dG_i = q_i·dq_i − k_i·dk_i + 2 β_i k_i·d(β·K)_i/β_i (every factor exp(G_i − G_j) pairs a row at i
+    # with a column at j), plus ⟨S', dS'⟩ at the chunk's last token.
+    grad_log_decay = torch.linalg.vecdot(c.q, grad_q) - torch.linalg.vecdot(c.k, grad_k)
+    grad_log_decay.addcmul_(c.beta, grad_beta_k, value=2)
+    grad_log_decay[..., -1] += grad_last
+    grad_g = grad_log_decay.flip(-1).cumsum(-1).flip(-1)
     return grad_q, grad_k, grad_v, grad_g, grad_beta, grad_state
 
 
-def _heads_first(x: torch.Tensor) -> torch.Tensor:
-    """[batch, time, heads] → contiguous [batch·heads, time]."""
-    return x.transpose(1, 2).reshape(-1, x.shape[1])
-
-
-def _time_second(x: torch.Tensor, batch: int, heads: int) -> torch.Tensor:
-    """[batch·heads, time] → [batch, time, heads]."""
-    return x.view(batch, heads, -1).transpose(1, 2)
+GROUP_ELEMENTS = 2**19  # chunks are laid out and solved together in groups of about this many values
 
 
 class _ChunkGatedDeltaRule(torch.autograd.Function):
+    """Groups of whole chunks (a [group, batch·heads, C, dim] block holds ≈ GROUP_ELEMENTS values, so the
+    temporaries of a group stay in cache and no large buffer is allocated and first touched per call)."""
+
     @staticmethod
     def forward(ctx, q, k, v, g, beta, initial_state, scale, chunk_size):
         batch, time, heads, key_dim = q.shape
         value_dim = v.shape[-1]
-        g_bh, beta_bh = _heads_first(g), _heads_first(beta)
         if initial_state is None:
             state = q.new_zeros(batch * heads, key_dim, value_dim)
         else:
             state = initial_state.reshape(batch * heads, key_dim, value_dim)
+        _, length = _chunking(time, chunk_size)
+        group = max(1, GROUP_ELEMENTS // (batch * heads * length * max(key_dim, value_dim))) * length
         keep = any(ctx.needs_input_grad[:6])
-        out, state, saved = _forward(q, k, v, g_bh, beta_bh, scale, state, chunk_size, keep)
-        ctx.save_for_backward(q, k, v, g_bh, beta_bh)
-        ctx.saved_chunks = saved  # intermediates, not inputs or outputs: safe to hold on ctx
-        ctx.config = (scale, chunk_size, initial_state is not None)
+        out = v.new_empty(v.shape)
+        saved = []
+        for start in range(0, time, group):
+            span = slice(start, min(start + group, time))
+            chunked = _Chunks(q[:, span], k[:, span], v[:, span], g[:, span], beta[:, span], scale, length)
+            chunk_out, state, scan = _forward(chunked, state, keep)
+            _from_chunks(chunk_out, out[:, span])
+            if keep:  # intermediates, not inputs or outputs: safe to hold on ctx
+                saved.append((span, chunked, scan))
+        ctx.saved_groups = saved
+        ctx.config = (scale, q.shape, v.shape, initial_state is not None)
         return out, state.view(batch, heads, key_dim, value_dim)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out, grad_final_state):
-        q, k, v, g_bh, beta_bh = ctx.saved_tensors
-        scale, chunk_size, has_initial_state = ctx.config
-        batch, time, heads, key_dim = q.shape
-        value_dim = v.shape[-1]
+        scale, key_shape, value_shape, has_initial_state = ctx.config
+        batch, _, heads, key_dim = key_shape
+        state_shape = (batch * heads, key_dim, value_shape[-1])
         if grad_out is None:
-            grad_out = v.new_zeros(v.shape)
+            grad_out = torch.zeros(value_shape, dtype=ctx.saved_groups[0][1].v.dtype)
         if grad_final_state is None:
-            grad_final_state = v.new_zeros(batch * heads, key_dim, value_dim)
+            grad_state = grad_out.new_zeros(state_shape)
         else:
-            grad_final_state = grad_final_state.reshape(batch * heads, key_dim, value_dim)
-        grad_q, grad_k, grad_v, grad_g, grad_beta, grad_state = _backward(
-            grad_out, grad_final_state, q, k, v, g_bh, beta_bh, scale, chunk_size, ctx.saved_chunks
-        )
-        grad_initial = grad_state.view(batch, heads, key_dim, value_dim) if has_initial_state else None
-        return (
-            grad_q, grad_k, grad_v,
-            _time_second(grad_g, batch, heads), _time_second(grad_beta, batch, heads),
-            grad_initial, None, None,
-        )
+            grad_state = grad_final_state.reshape(state_shape)
+        grad_q, grad_k, grad_v = (grad_out.new_empty(shape) for shape in (key_shape, key_shape, value_shape))
+        grad_g, grad_beta = grad_out.new_empty(key_shape[:3]), grad_out.new_empty(key_shape[:3])
+        for span, chunked, scan in reversed(ctx.saved_groups):
+            *grads, grad_state = _backward(chunked, scan, grad_out[:, span], grad_state)
+            grads[0].mul_(scale)  # the gradient of the scaled queries
+            for grad, whole in zip(grads, (grad_q, grad_k, grad_v, grad_g, grad_beta)):
+                _from_chunks(grad, whole[:, span])
+        grad_initial = grad_state.view(batch, heads, *state_shape[1:]) if has_initial_state else None
+        return grad_q, grad_k, grad_v, grad_g, grad_beta, grad_initial, None, None
 
 
 def fast_chunk_gated_delta_rule(
