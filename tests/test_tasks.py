@@ -272,3 +272,16 @@ def test_cli_unknown_flags_are_argparse_errors(data_only_cli, argv):
     with pytest.raises(SystemExit) as exit_info:
         data_only_cli(["data", *argv])
     assert exit_info.value.code == 2
+
+
+def test_math_answers_are_uniform_at_every_op_count():
+    """Without care, products with a zero make 0 the likeliest answer: a prior learnable without reasoning."""
+    options = symbolic_math.Options(ops_min=1, ops_max=8, modulus=7)
+    examples = symbolic_math.generate(options, 2800, seed=3)
+    counts = {}
+    for example in examples:
+        raw = example.raw
+        assert symbolic_math.solve(raw) == [str(raw["answer"])]
+        counts[raw["answer"]] = counts.get(raw["answer"], 0) + 1
+    assert sorted(counts) == list(range(7))
+    assert max(counts.values()) < 1.2 * 400 and min(counts.values()) > 0.8 * 400

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 from dataclasses import asdict, fields
 
 from . import TASKS
@@ -46,6 +48,9 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, field.name) is not None:
             chosen[field.name] = getattr(args, field.name)
     options = module.Options(**chosen)
-    for example in module.generate(options, args.n, args.seed):
-        print(json.dumps({"task": args.task, **asdict(example)}))
+    try:
+        for example in module.generate(options, args.n, args.seed):
+            print(json.dumps({"task": args.task, **asdict(example)}), flush=True)
+    except BrokenPipeError:  # the reader stopped early (`| head`): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0

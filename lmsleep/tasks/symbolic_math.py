@@ -2,7 +2,8 @@
 
 Variables (one letter each) are defined by one arithmetic operation mod p on variables and constants,
 "v=x+y;" with + - *. The question "?q;" comes first, then the definitions in shuffled order, left-padded
-with PAD to whole windows, then SEP and the answer (the value of q mod p, one digit):
+with PAD to whole windows, then SEP and the answer (the value of q mod p, one digit, uniform over
+0..p−1):
 
     ? q ; d = 3 * b ; q = d - a ; b = 4 + 4 ; a = b * 2 ; e = 5 + q ; ... | 1
 
@@ -59,15 +60,19 @@ def generate(options: Options, n: int, seed: int) -> list[Example]:
     examples = []
     for _ in range(n):
         ops = rng.randint(options.ops_min, options.ops_max)
-        names = rng.sample(LETTERS, options.definitions)
+        # The answer is drawn first and the path redrawn until it gives that answer: left alone, products
+        # with a zero would make 0 far likelier than the other values, a prior a model learns at once.
+        answer = rng.randrange(options.modulus)
         values: dict[str, int] = {}
-        definitions = _answer_path(ops, names[:ops], values, options.modulus, rng)
-        query = definitions[-1][0]
+        while not values or values[query] != answer:
+            names = rng.sample(LETTERS, options.definitions)
+            values = {}
+            definitions = _answer_path(ops, names[:ops], values, options.modulus, rng)
+            query = definitions[-1][0]
         definitions += _distractors(names[ops:], values, options.modulus, rng)
         rng.shuffle(definitions)
         question = f"?{query};"
         context = "".join(f"{var}={left}{op}{right};" for var, op, left, right in definitions)
-        answer = values[query]
         raw = {"modulus": options.modulus, "query": query, "answer": answer, "ops": ops,
                "definitions": definitions}
         pieces = [left_pad(question + context, options.window), SEP, Answer(str(answer), bucket=ops)]
