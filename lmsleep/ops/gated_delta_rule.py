@@ -77,8 +77,9 @@ def gated_delta_rule(
         g: log-decay log α_t ≤ 0, [batch, time, heads]. beta: write strength β_t, [batch, time, heads].
         scale: query scale, default K^-1/2. initial_state: [batch, heads, K, V] or None (zeros).
         output_final_state: also return the state after the last token.
-        chunk_size: tokens solved together by the chunked path; any time length works. None picks what is
-            fastest on a CPU: 32 for K ≤ 64, else 64 (results differ only by rounding).
+        chunk_size: at most this many tokens are solved together by the chunked path, which cuts the
+            sequence into ⌈T / chunk_size⌉ chunks of equal length; any time length works. None picks what
+            is fastest on a CPU: 32 for K ≤ 64, else 64 (results differ only by rounding).
         reference: run the token-by-token reference instead of the chunked path.
     Returns:
         (out [batch, time, heads, V] in the input dtype, final state [batch, heads, K, V] or None).
