@@ -32,7 +32,9 @@ QUICK = {  # the built-in default: the README's main job
     "name": "rule110-quick",
     "base": {
         "task": "rule110", "task_options": {"strings": 4, "bits": 8, "t_min": 3, "t_max": 3},
-        "model": {"layout": "AGAG", "d_model": 64}, "steps": 800, "batch_size": 32, "warmup": 30,
+        # Two blocks (one attention, one fast-weight): at N = 1 too shallow for t = 3 in this budget, so
+        # the depth that sleep passes add shows (results/paper1.md, section 1).
+        "model": {"layout": "AG", "d_model": 64}, "steps": 1000, "batch_size": 32, "warmup": 30,
         "eval_every": 100, "eval_size": 256, "log_every": 50, "checkpoint_every": 100,
     },
     "grid": {"model": ["sleep"], "passes": [1, 4], "seed": [0]},
