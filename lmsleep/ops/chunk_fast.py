@@ -12,14 +12,14 @@ Why it is faster on a CPU than autograd through `chunk.py` or transformers' torc
 - the inputs are laid out once as [chunk, batch·heads, C, dim] (zero-padded to whole chunks, which
   changes nothing: a padded token has k = v = q = 0, β = 0 and g = 0), so every chunk is a contiguous
   block and nothing is gathered or scattered per chunk;
-- everything that does not depend on S (D, A, T, P, T diag(β), the decays) is computed for all chunks
-  at once, in a few large batched ops; only the scan itself (3 matmuls per chunk forward, 2 backward)
-  runs chunk by chunk;
+- everything that does not depend on S (D, A, T, P, T diag(β), the decays) is computed for a group of
+  chunks at once (about GROUP_ELEMENTS values per tensor, so temporaries stay in cache), in a few
+  batched ops; only the scan itself (4 matmuls per chunk forward, 2 backward) runs chunk by chunk;
 - T is formed once by a triangular solve against I, so U is one matmul (u and w are never formed in
   the forward) and the backward needs no second solve: (I + A)⁻ᵀ is Tᵀ. K and q share a buffer, so
   [K; q] S is one matmul; in the backward dO and d(β·V) share one, for the same reason;
 - the backward is written out: a scan from the last chunk for dS (dU = Pᵀ dO + (K Γ_C/Γ) dS',
-  dS = Γ_C dS' + (Γ·q)ᵀ dO − wᵀ dU), then every other gradient for all chunks at once from the saved
+  dS = Γ_C dS' + (Γ·q)ᵀ dO − wᵀ dU), then every other gradient for the group at once from the saved
   S, U, T and P. Two identities keep it short: dA = −(Tᵀ dU) Uᵀ, and the gradient of the log-decays is
   dG_i = q_i·dq_i − k_i·dk_i + 2 k_i·d(β·K)_i (+ ⟨S', dS'⟩ at the chunk's last token), read off
   gradients already computed rather than from row and column sums over C×C tensors;
