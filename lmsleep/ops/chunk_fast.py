@@ -60,7 +60,7 @@ def _from_chunks(x: torch.Tensor, out: torch.Tensor) -> None:
     chunks, _, length = x.shape[:3]
     batch, time, heads = out.shape[:3]
     blocked = x.view(chunks, batch, heads, length, *x.shape[3:]).transpose(2, 3).transpose(0, 1)
-    full = chunks * length if chunks * length == time else (time // length) * length
+    full = (time // length) * length  # tokens in whole chunks
     if full:
         out[:, :full].view(batch, full // length, length, heads, *x.shape[3:]).copy_(blocked[:, : full // length])
     if full < time:
@@ -68,7 +68,7 @@ def _from_chunks(x: torch.Tensor, out: torch.Tensor) -> None:
 
 
 class _Chunks:
-    """Everything of the forward that does not depend on the state, for all chunks at once.
+    """Everything of the forward that does not depend on the state, for the chunks of one group at once.
     Shapes: [chunks, batch·heads, C, ·] (C×C for the pair matrices), [chunks, batch·heads, C] for vectors."""
 
     def __init__(self, q, k, v, g, beta, scale: float, length: int):
@@ -100,10 +100,9 @@ class _Chunks:
         self.k_to_end = self.k * self.to_end[..., None]  # K Γ_C/Γ
 
 
-def _forward(chunked: _Chunks, state: torch.Tensor, keep: bool):
+def _forward(c: _Chunks, state: torch.Tensor, keep: bool):
     """The scan over chunks from `state` [batch·heads, K, V]. Returns the output [chunks, batch·heads, C, V],
     the final state and, when `keep`, (the states entering each chunk and the last, [chunks + 1, ...], U)."""
-    c = chunked
     chunks, length = c.v.shape[0], c.length
     out = c.v.new_empty(c.v.shape)
     if keep:

@@ -63,12 +63,13 @@ def generate(options: Options, n: int, seed: int) -> list[Example]:
         # The answer is drawn first and the path redrawn until it gives that answer: left alone, products
         # with a zero would make 0 far likelier than the other values, a prior a model learns at once.
         answer = rng.randrange(options.modulus)
-        values: dict[str, int] = {}
-        while not values or values[query] != answer:
+        while True:
             names = rng.sample(LETTERS, options.definitions)
-            values = {}
+            values: dict[str, int] = {}
             definitions = _answer_path(ops, names[:ops], values, options.modulus, rng)
             query = definitions[-1][0]
+            if values[query] == answer:
+                break
         definitions += _distractors(names[ops:], values, options.modulus, rng)
         rng.shuffle(definitions)
         question = f"?{query};"
