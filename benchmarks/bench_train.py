@@ -4,7 +4,10 @@ N = 1..4 and the two transformer baselines, equal width and depth, at T = 512 an
 Each sequence has T/L = 4 windows; the loss is on the last window only (as in the paper's tasks), so the
 first three are consolidation windows and get N passes. The batch holds 4096 tokens at every T.
 
-    python benchmarks/bench_train.py [--width 256 --repeats 3]
+    python benchmarks/bench_train.py [--width 256 --repeats 3] [--profile]
+
+--profile also prints, per row, the ops taking the most time over 2 more steps (torch.profiler), with
+their call counts: where a step's time goes.
 """
 from __future__ import annotations
 
@@ -27,7 +30,8 @@ MODELS = {
 }
 
 
-def step_seconds(name: str, time_len: int, width: int, batch_tokens: int, repeats: int) -> float:
+def training_step(name: str, time_len: int, width: int, batch_tokens: int):
+    """A full training step of model `name` at T = time_len, as a function, and the tokens it trains on."""
     heads = width // 64
     window = time_len // 4
     config = SleepConfig(vocab_size=256, d_model=width, n_heads=heads, head_dim=64, n_fast_heads=heads,
@@ -49,7 +53,18 @@ def step_seconds(name: str, time_len: int, width: int, batch_tokens: int, repeat
         for o in optimizers:
             o.step()
 
-    return median_seconds(step, repeats), batch * time_len
+    return step, batch * time_len
+
+
+def profile_table(step, rows: int = 8) -> str:
+    """The ops with the most self CPU time over 2 steps, with their call counts."""
+    from torch.profiler import profile
+
+    step()
+    with profile() as prof:
+        for _ in range(2):
+            step()
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
 
 
 def main() -> None:
@@ -60,15 +75,19 @@ def main() -> None:
     parser.add_argument("--batch-tokens", type=int, default=4096)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--profile", action="store_true", help="also print the top ops of each row")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = []
     for time_len in args.lengths:
         for name in args.models:
-            seconds, tokens = step_seconds(name, time_len, args.width, args.batch_tokens, args.repeats)
+            step, tokens = training_step(name, time_len, args.width, args.batch_tokens)
+            seconds = median_seconds(step, args.repeats)
             rows.append({"model": name, "T": time_len, "step_s": seconds, "tokens_per_s": tokens / seconds})
             print(f"  {name} T={time_len}: {tokens / seconds:.0f} tokens/s", flush=True)
+            if args.profile:
+                print(profile_table(step), flush=True)
     print_table(rows, ["model", "T", "step_s", "tokens_per_s"])
     summary = {}
     for time_len in args.lengths:
