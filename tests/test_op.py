@@ -101,11 +101,23 @@ def _fast_in_groups_of(chunks_per_group):
     return rule
 
 
+def _fast_on_threads(threads):
+    """The fast path with (batch rows, heads) cut into `threads` blocks (the test shapes have batch 2 and
+    3 heads: 2 threads split the batch, 3 split the heads)."""
+
+    def rule(q, k, v, g, beta, scale, initial_state, chunk_size):
+        return fast_chunk_gated_delta_rule(q, k, v, g, beta, scale, initial_state, chunk_size, threads=threads)
+
+    return rule
+
+
 PATHS = {
     "public": _public,
     "fast": fast_chunk_gated_delta_rule,
     "fast-groups-of-1": _fast_in_groups_of(1),
     "fast-groups-of-2": _fast_in_groups_of(2),
+    "fast-2-threads": _fast_on_threads(2),
+    "fast-3-threads": _fast_on_threads(3),
     "plain": chunk_gated_delta_rule,
 }
 
@@ -137,6 +149,24 @@ def test_path_matches_reference_forward_and_gradients(time, chunk_size, with_sta
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9, msg=f"{path}: gradient of {name} differs")
 
 
+@pytest.mark.parametrize(
+    "batch,heads,threads,expected",
+    [(2, 3, 2, [(slice(0, 1), slice(None)), (slice(1, 2), slice(None))]),
+     (2, 3, 3, [(slice(None), slice(0, 1)), (slice(None), slice(1, 2)), (slice(None), slice(2, 3))]),
+     (1, 8, 3, [(slice(None), slice(0, 2)), (slice(None), slice(2, 5)), (slice(None), slice(5, 8))]),
+     (3, 1, 8, [(slice(0, 1), slice(None)), (slice(1, 2), slice(None)), (slice(2, 3), slice(None))]),
+     (5, 4, 1, [(slice(0, 5), slice(None))])],
+)
+def test_fast_path_blocks_cover_batch_and_heads(batch, heads, threads, expected):
+    assert chunk_fast._blocks(batch, heads, threads) == expected
+
+
+def test_fast_path_refuses_bad_thread_count():
+    inputs = random_inputs(1, 4, 1, 2, 2, torch.float64, False)
+    with pytest.raises(ValueError, match="threads must be a positive int"):
+        fast_chunk_gated_delta_rule(*inputs[:5], 0.5, None, 4, threads=0)
+
+
 def test_fast_path_gradcheck():
     inputs = random_inputs(1, 7, 2, 3, 2, torch.float64, True)
     inputs = [x.requires_grad_() for x in inputs]
@@ -162,9 +192,11 @@ def test_fast_path_with_one_output_unused_and_partial_leaves(used):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
 
 
-def test_fast_path_writes_every_element():
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_fast_path_writes_every_element(threads):
     """With deterministic mode torch fills fresh tensors with NaN, so anything the fast path leaves
-    unwritten (its output and gradient buffers are allocated empty) would show up."""
+    unwritten (its output and gradient buffers are allocated empty, and blocks of rows or heads fill
+    them from several threads) would show up."""
     inputs = random_inputs(2, 23, 3, 4, 5, torch.float64, True)
     inputs = [x.requires_grad_() for x in inputs]
     old_mode = torch.are_deterministic_algorithms_enabled()
@@ -172,7 +204,7 @@ def test_fast_path_writes_every_element():
     torch.use_deterministic_algorithms(True)
     torch.utils.deterministic.fill_uninitialized_memory = True
     try:
-        out, state = fast_chunk_gated_delta_rule(*inputs[:5], 0.5, inputs[5], chunk_size=8)
+        out, state = fast_chunk_gated_delta_rule(*inputs[:5], 0.5, inputs[5], chunk_size=8, threads=threads)
         grads = torch.autograd.grad(out.sum() + state.sum(), inputs)
     finally:
         torch.use_deterministic_algorithms(old_mode)

@@ -23,12 +23,20 @@ Why it is faster on a CPU than autograd through `chunk.py` or transformers' torc
   S, U, T and P. Two identities keep it short: dA = −(Tᵀ dU) Uᵀ, and the gradient of the log-decays is
   dG_i = q_i·dq_i − k_i·dk_i + 2 k_i·d(β·K)_i (+ ⟨S', dS'⟩ at the chunk's last token), read off
   gradients already computed rather than from row and column sums over C×C tensors;
-- D is built with clamp + exp, never exp(−inf), which takes a slow path on CPU (about 15× slower).
+- D is built with clamp + exp, never exp(−inf), which takes a slow path on CPU (about 15× slower);
+- the query scale is applied while q is laid out (and to dq while it is written back), not in a pass
+  of its own;
+- rows of the batch (or heads) never interact, so large inputs are cut into blocks run side by side on
+  threads of their own (`threads`, default torch.get_num_threads()). Measured on 2 cores: a gain at
+  (4, 2048, 8, 128), none at (16, 384, 4, 64), a loss for the small windows of training, hence
+  SPLIT_MIN_ELEMENTS.
 
 `chunk_size` is an upper bound: the sequence is cut into ⌈T / chunk_size⌉ chunks of equal length
 (⌈T / chunks⌉, so at most chunks − 1 padded tokens). Results differ from other chunk sizes only by rounding.
 """
 from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 import torch.nn.functional as F
@@ -41,30 +49,42 @@ def _chunking(time: int, chunk_size: int) -> tuple[int, int]:
     return chunks, -(-time // chunks)
 
 
-def _to_chunks(x: torch.Tensor, chunks: int, length: int, out: torch.Tensor | None = None) -> torch.Tensor:
-    """[batch, time, heads, (dim)] → [chunks, batch·heads, length, (dim)], zero-padded at the end of time.
-    Written into `out` (a view of that shape) when given."""
+def _to_chunks(
+    x: torch.Tensor, chunks: int, length: int, out: torch.Tensor | None = None, scale: float | None = None
+) -> torch.Tensor:
+    """[batch, time, heads, (dim)] → [chunks, batch·heads, length, (dim)], zero-padded at the end of time,
+    times `scale` if given (in the same pass). Written into `out` (a view of that shape) when given."""
     batch, time, heads = x.shape[:3]
     tail = x.shape[3:]
     if chunks * length != time:
         x = F.pad(x, (0, 0) * (len(tail) + 1) + (0, chunks * length - time))
     blocked = x.view(batch, chunks, length, heads, *tail).transpose(0, 1).transpose(2, 3)
     if out is None:
-        return blocked.reshape(chunks, batch * heads, length, *tail)
-    out.view(chunks, batch, heads, length, *tail).copy_(blocked)
+        out = x.new_empty(chunks, batch * heads, length, *tail)
+    if scale is None:
+        out.view(chunks, batch, heads, length, *tail).copy_(blocked)
+    else:
+        torch.mul(blocked, scale, out=out.view(chunks, batch, heads, length, *tail))
     return out
 
 
-def _from_chunks(x: torch.Tensor, out: torch.Tensor) -> None:
-    """Write [chunks, batch·heads, length, (dim)] into `out` [batch, time, heads, (dim)] (time ≤ chunks·length)."""
+def _from_chunks(x: torch.Tensor, out: torch.Tensor, scale: float | None = None) -> None:
+    """Write [chunks, batch·heads, length, (dim)] (times `scale` if given) into `out` [batch, time, heads, (dim)]
+    (time ≤ chunks·length)."""
     chunks, _, length = x.shape[:3]
     batch, time, heads = out.shape[:3]
     blocked = x.view(chunks, batch, heads, length, *x.shape[3:]).transpose(2, 3).transpose(0, 1)
     full = (time // length) * length  # tokens in whole chunks
+    pieces = []
     if full:
-        out[:, :full].view(batch, full // length, length, heads, *x.shape[3:]).copy_(blocked[:, : full // length])
+        pieces.append((out[:, :full].view(batch, full // length, length, heads, *x.shape[3:]), blocked[:, : full // length]))
     if full < time:
-        out[:, full:].copy_(blocked[:, -1, : time - full])
+        pieces.append((out[:, full:], blocked[:, -1, : time - full]))
+    for target, source in pieces:
+        if scale is None:
+            target.copy_(source)
+        else:
+            torch.mul(source, scale, out=target)
 
 
 class _Chunks:
@@ -78,7 +98,7 @@ class _Chunks:
         # Keys then scaled queries share one buffer per chunk, so that [K; q] S is a single matmul.
         self.keys_queries = q.new_empty(chunks, batch * heads, 2 * length, key_dim)
         _to_chunks(k, chunks, length, self.keys_queries[:, :, :length])
-        _to_chunks(q * scale, chunks, length, self.keys_queries[:, :, length:])
+        _to_chunks(q, chunks, length, self.keys_queries[:, :, length:], scale)
         self.k, self.q = self.keys_queries[:, :, :length], self.keys_queries[:, :, length:]
         self.v = _to_chunks(v, chunks, length)
         self.beta = _to_chunks(beta, chunks, length)
@@ -146,12 +166,13 @@ def _backward(c: _Chunks, saved, grad_out, grad_state):
     scaled_queries = c.q * c.decay[..., None]  # Γ·q
     grad_state_from_out = torch.matmul(scaled_queries.mT, grad_o)  # (Γ·q)ᵀ dO
     w = torch.matmul(c.inverse_beta, c.k * c.decay[..., None])  # w = T β·Γ·K
-    grad_next_states = torch.empty_like(states[1:])  # dS' of each chunk
-    grad_state = grad_state.clone()
+    grad_states = torch.empty_like(states)  # dS entering each chunk, then dS' of the last
+    grad_states[-1] = grad_state
     for i in reversed(range(chunks)):
-        grad_next_states[i] = grad_state
-        grad_pseudo[i].baddbmm_(c.k_to_end[i], grad_state)
-        grad_state.mul_(c.chunk_decay[i]).add_(grad_state_from_out[i]).baddbmm_(w[i].mT, grad_pseudo[i], alpha=-1)
+        grad_pseudo[i].baddbmm_(c.k_to_end[i], grad_states[i + 1])
+        torch.addcmul(grad_state_from_out[i], grad_states[i + 1], c.chunk_decay[i], out=grad_states[i])
+        grad_states[i].baddbmm_(w[i].mT, grad_pseudo[i], alpha=-1)
+    grad_next_states = grad_states[1:]  # dS' of each chunk
 
     # Everything else, for all chunks at once (dA = −d(β·V) Uᵀ, d(β·Γ·K) = −d(β·V) Sᵀ).
     grad_v_beta.copy_(torch.matmul(c.inverse.mT, grad_pseudo))  # d(β·V) = Tᵀ dU
@@ -178,65 +199,133 @@ def _backward(c: _Chunks, saved, grad_out, grad_state):
     grad_v = grad_v_beta * beta_col
     # dG_i = q_i·dq_i − k_i·dk_i + 2 β_i k_i·d(β·K)_i/β_i (every factor exp(G_i − G_j) pairs a row at i
     # with a column at j), plus ⟨S', dS'⟩ at the chunk's last token.
-    grad_log_decay = torch.linalg.vecdot(c.q, grad_q) - torch.linalg.vecdot(c.k, grad_k)
+    grad_log_decay = (c.q * grad_q).addcmul_(c.k, grad_k, value=-1).sum(-1)  # q·dq − k·dk in one pass
     grad_log_decay.addcmul_(c.beta, grad_beta_k, value=2)
     grad_log_decay[..., -1] += grad_last
     grad_g = grad_log_decay.flip(-1).cumsum(-1).flip(-1)
-    return grad_q, grad_k, grad_v, grad_g, grad_beta, grad_state
+    return grad_q, grad_k, grad_v, grad_g, grad_beta, grad_states[0]
 
 
 GROUP_ELEMENTS = 2**19  # chunks are laid out and solved together in groups of about this many values
+SPLIT_MIN_ELEMENTS = 2**20  # below this many values in q, the op runs on the calling thread alone
+
+
+def _even_slices(size: int, parts: int) -> list[slice]:
+    """`size` cut into min(parts, size) contiguous slices whose lengths differ by at most one."""
+    parts = min(parts, size)
+    bounds = [size * i // parts for i in range(parts + 1)]
+    return [slice(a, b) for a, b in zip(bounds, bounds[1:])]
+
+
+def _blocks(batch: int, heads: int, threads: int) -> list[tuple[slice, slice]]:
+    """Independent (batch rows, heads) blocks, one per thread: the batch is split when it has at least as
+    many rows as there are threads (or as heads), else the heads."""
+    if batch >= threads or batch >= heads:
+        return [(rows, slice(None)) for rows in _even_slices(batch, threads)]
+    return [(slice(None), cols) for cols in _even_slices(heads, threads)]
+
+
+_POOLS: dict[int, ThreadPoolExecutor] = {}  # by size, made on first use
+
+
+def _map_blocks(work, blocks: list) -> list:
+    """work(block) for every block, on as many threads as blocks; the caller's grad mode holds in each."""
+    if len(blocks) == 1:
+        return [work(blocks[0])]
+    pool = _POOLS.get(len(blocks))
+    if pool is None:
+        pool = _POOLS[len(blocks)] = ThreadPoolExecutor(max_workers=len(blocks), thread_name_prefix="lmsleep-op")
+    grad_enabled = torch.is_grad_enabled()  # grad mode is per thread
+
+    def run(block):
+        with torch.set_grad_enabled(grad_enabled):
+            return work(block)
+
+    return list(pool.map(run, blocks))
+
+
+def _forward_block(q, k, v, g, beta, state, scale: float, chunk_size: int, keep: bool, out):
+    """The forward of one independent block of (batch rows, heads), group by group along time: writes `out`
+    and returns the final state [rows·heads, K, V] and, when `keep`, what the backward needs."""
+    batch, time, heads, key_dim = q.shape
+    _, length = _chunking(time, chunk_size)
+    group = max(1, GROUP_ELEMENTS // (batch * heads * length * max(key_dim, v.shape[-1]))) * length
+    saved = []
+    for start in range(0, time, group):
+        span = slice(start, min(start + group, time))
+        chunked = _Chunks(q[:, span], k[:, span], v[:, span], g[:, span], beta[:, span], scale, length)
+        chunk_out, state, scan = _forward(chunked, state, keep)
+        _from_chunks(chunk_out, out[:, span])
+        if keep:
+            saved.append((span, chunked, scan))
+    return state, saved
+
+
+def _backward_block(saved, scale: float, grad_out, grad_state, grads_out) -> torch.Tensor:
+    """The backward of one block: writes the gradients of (q, k, v, g, beta) into `grads_out` and returns
+    that of the block's initial state [rows·heads, K, V]."""
+    for span, chunked, scan in reversed(saved):
+        *grads, grad_state = _backward(chunked, scan, grad_out[:, span], grad_state)
+        for grad, whole, factor in zip(grads, grads_out, (scale, None, None, None, None)):
+            _from_chunks(grad, whole[:, span], factor)  # the first is that of the scaled queries
+    return grad_state
 
 
 class _ChunkGatedDeltaRule(torch.autograd.Function):
     """Groups of whole chunks (a [group, batch·heads, C, dim] block holds ≈ GROUP_ELEMENTS values, so the
-    temporaries of a group stay in cache and no large buffer is allocated and first touched per call)."""
+    temporaries of a group stay in cache and no large buffer is allocated and first touched per call).
+    Rows of the batch (or heads) never interact, so they are cut into `threads` blocks, each run on a
+    thread of its own: the per-chunk matmuls are too small for torch to spread over cores by itself."""
 
     @staticmethod
-    def forward(ctx, q, k, v, g, beta, initial_state, scale, chunk_size):
+    def forward(ctx, q, k, v, g, beta, initial_state, scale, chunk_size, threads):
         batch, time, heads, key_dim = q.shape
         value_dim = v.shape[-1]
-        if initial_state is None:
-            state = q.new_zeros(batch * heads, key_dim, value_dim)
-        else:
-            state = initial_state.reshape(batch * heads, key_dim, value_dim)
-        _, length = _chunking(time, chunk_size)
-        group = max(1, GROUP_ELEMENTS // (batch * heads * length * max(key_dim, value_dim))) * length
+        blocks = _blocks(batch, heads, threads)
         keep = any(ctx.needs_input_grad[:6])
         out = v.new_empty(v.shape)
-        saved = []
-        for start in range(0, time, group):
-            span = slice(start, min(start + group, time))
-            chunked = _Chunks(q[:, span], k[:, span], v[:, span], g[:, span], beta[:, span], scale, length)
-            chunk_out, state, scan = _forward(chunked, state, keep)
-            _from_chunks(chunk_out, out[:, span])
-            if keep:  # intermediates, not inputs or outputs: safe to hold on ctx
-                saved.append((span, chunked, scan))
-        ctx.saved_groups = saved
-        ctx.config = (scale, q.shape, v.shape, initial_state is not None)
-        return out, state.view(batch, heads, key_dim, value_dim)
+        final_state = q.new_empty(batch, heads, key_dim, value_dim)
+
+        def run(block):
+            rows, cols = block
+            if initial_state is None:
+                state = q.new_zeros(final_state[rows, cols].flatten(0, 1).shape)
+            else:
+                state = initial_state[rows, cols].reshape(-1, key_dim, value_dim)
+            pieces = (x[rows, :, cols] for x in (q, k, v, g, beta))
+            state, saved = _forward_block(*pieces, state, scale, chunk_size, keep, out[rows, :, cols])
+            final_state[rows, cols] = state.view(final_state[rows, cols].shape)
+            return saved
+
+        saved = _map_blocks(run, blocks)
+        if keep:  # intermediates, not inputs or outputs: safe to hold on ctx
+            ctx.saved_blocks = list(zip(blocks, saved))
+        ctx.config = (scale, q.shape, v.shape, q.dtype, initial_state is not None)
+        return out, final_state
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out, grad_final_state):
-        scale, key_shape, value_shape, has_initial_state = ctx.config
+        scale, key_shape, value_shape, dtype, has_initial_state = ctx.config
         batch, _, heads, key_dim = key_shape
-        state_shape = (batch * heads, key_dim, value_shape[-1])
+        state_shape = (batch, heads, key_dim, value_shape[-1])
         if grad_out is None:
-            grad_out = torch.zeros(value_shape, dtype=ctx.saved_groups[0][1].v.dtype)
+            grad_out = torch.zeros(value_shape, dtype=dtype)
         if grad_final_state is None:
-            grad_state = grad_out.new_zeros(state_shape)
-        else:
-            grad_state = grad_final_state.reshape(state_shape)
-        grad_q, grad_k, grad_v = (grad_out.new_empty(shape) for shape in (key_shape, key_shape, value_shape))
-        grad_g, grad_beta = grad_out.new_empty(key_shape[:3]), grad_out.new_empty(key_shape[:3])
-        for span, chunked, scan in reversed(ctx.saved_groups):
-            *grads, grad_state = _backward(chunked, scan, grad_out[:, span], grad_state)
-            grads[0].mul_(scale)  # the gradient of the scaled queries
-            for grad, whole in zip(grads, (grad_q, grad_k, grad_v, grad_g, grad_beta)):
-                _from_chunks(grad, whole[:, span])
-        grad_initial = grad_state.view(batch, heads, *state_shape[1:]) if has_initial_state else None
-        return grad_q, grad_k, grad_v, grad_g, grad_beta, grad_initial, None, None
+            grad_final_state = grad_out.new_zeros(state_shape)
+        grads = [grad_out.new_empty(shape) for shape in (key_shape, key_shape, value_shape)]
+        grads += [grad_out.new_empty(key_shape[:3]), grad_out.new_empty(key_shape[:3])]
+        grad_initial = grad_out.new_empty(state_shape)
+
+        def run(block_and_saved):
+            (rows, cols), saved = block_and_saved
+            grad_state = grad_final_state[rows, cols].reshape(-1, *state_shape[2:]).clone()
+            grads_out = [x[rows, :, cols] for x in grads]
+            grad_state = _backward_block(saved, scale, grad_out[rows, :, cols], grad_state, grads_out)
+            grad_initial[rows, cols] = grad_state.view(grad_initial[rows, cols].shape)
+
+        _map_blocks(run, ctx.saved_blocks)
+        return (*grads, grad_initial if has_initial_state else None, None, None, None)
 
 
 def fast_chunk_gated_delta_rule(
@@ -248,10 +337,18 @@ def fast_chunk_gated_delta_rule(
     scale: float,
     initial_state: torch.Tensor | None = None,
     chunk_size: int = 64,
+    threads: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Same arguments and result as `chunk.chunk_gated_delta_rule`; differentiable in every tensor argument.
 
     q, k: [batch, time, heads, K]; v: [batch, time, heads, V]; g, beta: [batch, time, heads];
     initial_state: [batch, heads, K, V] or None (zeros). Returns (out [batch, time, heads, V], final state).
+    threads: how many blocks of (batch rows, heads) run side by side on threads of their own; None is
+    torch.get_num_threads() (so `torch.set_num_threads` governs it), or 1 for inputs under
+    SPLIT_MIN_ELEMENTS values, where starting threads costs more than it saves.
     """
-    return _ChunkGatedDeltaRule.apply(q, k, v, g, beta, initial_state, scale, chunk_size)
+    if threads is None:
+        threads = torch.get_num_threads() if q.numel() >= SPLIT_MIN_ELEMENTS else 1
+    if not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"fast_chunk_gated_delta_rule: threads must be a positive int or None, got {threads!r}")
+    return _ChunkGatedDeltaRule.apply(q, k, v, g, beta, initial_state, scale, chunk_size, threads)
