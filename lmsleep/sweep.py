@@ -157,6 +157,9 @@ def run_sweep(sweep: dict, out: str | os.PathLike, jobs: int = 2, estimate_only:
           f"with {jobs} in parallel (1 thread each)")
     if todo:
         seconds = [estimate_seconds(cfg) for _, cfg in todo]
+        # Longest first, so that short runs fill the lanes at the end rather than a long one running alone.
+        order = sorted(range(len(todo)), key=lambda i: -seconds[i])
+        todo, seconds = [todo[i] for i in order], [seconds[i] for i in order]
         for (name, _), s in zip(todo, seconds):
             print(f"  {name}: about {s / 60:.1f} min")
         print(f"estimated time: about {_parallel_time(seconds, jobs) / 60:.0f} min")

@@ -57,6 +57,10 @@ class TrainConfig:
     seed: int = 0
     activation_checkpointing: bool = False
     tensorboard: bool = False
+    # Easier data first: [{"until": step, "task_options": {overrides}}, ...] with increasing "until"; a training
+    # step s < until uses the first such stage's overrides on top of task_options, later steps task_options
+    # alone. Held-out evaluation always uses task_options. Example lengths must not change between stages.
+    curriculum: list[dict] | None = None
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -75,6 +79,7 @@ class TrainConfig:
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"TrainConfig.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}")
         self.task_options_object()  # validates the task options
+        self._check_curriculum()
         model = self.model_config()  # validates the model fields
         for name in ("eval_passes", "final_eval_passes"):
             passes = getattr(self, name) or []
@@ -85,6 +90,44 @@ class TrainConfig:
 
     def task_module(self):
         return TASKS[self.task]
+
+    def _check_curriculum(self) -> None:
+        if self.curriculum is None:
+            return
+        if not isinstance(self.curriculum, list):
+            raise ValueError(f"TrainConfig.curriculum must be a list of stages, got {self.curriculum!r}")
+        base = self.task_module().generate(self.task_options_object(), 1, 0)[0]
+        previous = 0
+        for i, stage in enumerate(self.curriculum):
+            if not isinstance(stage, dict) or set(stage) != {"until", "task_options"}:
+                raise ValueError(
+                    f"TrainConfig.curriculum[{i}] must be {{'until': step, 'task_options': {{...}}}}, got {stage!r}"
+                )
+            until = stage["until"]
+            if not isinstance(until, int) or isinstance(until, bool) or not previous < until <= self.steps:
+                raise ValueError(
+                    f"TrainConfig.curriculum[{i}].until must be an integer in ({previous}, {self.steps}] "
+                    f"(increasing, at most steps), got {until!r}"
+                )
+            previous = until
+            try:
+                options = self.stage_options(until - 1)
+            except TypeError as error:  # an option the task does not have
+                raise ValueError(f"TrainConfig.curriculum[{i}].task_options: {error}") from None
+            example = self.task_module().generate(options, 1, 0)[0]
+            if len(example) != len(base) or sum(example.loss_mask) != sum(base.loss_mask):
+                raise ValueError(
+                    f"TrainConfig.curriculum[{i}]: its examples have {len(example)} tokens and "
+                    f"{sum(example.loss_mask)} answer positions, the task's {len(base)} and {sum(base.loss_mask)}; "
+                    "stages may change difficulty, not the layout"
+                )
+
+    def stage_options(self, step: int):
+        """The task options of training step `step` (0-based): its curriculum stage's, else task_options."""
+        for stage in self.curriculum or []:
+            if step < stage["until"]:
+                return self.task_module().Options(**{**self.task_options, **stage["task_options"]})
+        return self.task_options_object()
 
     def task_options_object(self):
         return self.task_module().Options(**self.task_options)
@@ -208,7 +251,8 @@ class Trainer:
     # ----- one step -----
 
     def _train_batch(self) -> dict[str, torch.Tensor]:
-        examples = self.task.generate(self.options, self.cfg.batch_size, batch_seed(self.cfg.seed, self.step))
+        options = self.cfg.stage_options(self.step) if self.cfg.curriculum else self.options
+        examples = self.task.generate(options, self.cfg.batch_size, batch_seed(self.cfg.seed, self.step))
         return batch(examples[self.rank :: self.world])
 
     def train_step(self) -> dict:

@@ -139,3 +139,38 @@ def test_train_cli_errors_are_clear(capsys):
     assert "TrainConfig.task must be one of" in capsys.readouterr().err
     assert main(["train", "--task", "rule110", "--opt", "bits", "--out", "/tmp/x"]) == 2
     assert "KEY=VALUE" in capsys.readouterr().err
+
+
+DEPO_CURRICULUM = [{"until": 3, "task_options": {"k_max": 1}}, {"until": 5, "task_options": {"k_max": 2}}]
+
+
+def test_curriculum_stages_set_the_training_data_and_never_the_held_out_set(tmp_path, monkeypatch):
+    cfg = tiny_train_config(task="depo", task_options={"k_max": 6}, steps=8, curriculum=DEPO_CURRICULUM)
+    trainer = Trainer(cfg, tmp_path / "run", progress=False)
+    seen = {}
+    real_generate = trainer.task.generate
+
+    def spy(options, n, seed):
+        seen[trainer.step] = options.k_max
+        return real_generate(options, n, seed)
+
+    monkeypatch.setattr(trainer.task, "generate", spy)
+    for _ in range(cfg.steps):
+        trainer._train_batch()
+        trainer.step += 1
+    assert seen == {0: 1, 1: 1, 2: 1, 3: 2, 4: 2, 5: 6, 6: 6, 7: 6}
+    assert int(trainer.eval_batch["bucket"].max()) > 2  # the held-out set keeps k up to k_max = 6
+
+
+@pytest.mark.parametrize(
+    "curriculum,message",
+    [([{"until": 5, "task_options": {}}, {"until": 5, "task_options": {}}], "increasing"),
+     ([{"until": 9, "task_options": {}}], r"in \(0, 8\]"),
+     ([{"until": 2}], "must be {'until'"),
+     ([{"until": 2, "task_options": {"hops": 1}}], "task_options: .*hops"),
+     ([{"until": 2, "task_options": {"queries": 2}}], "not the layout"),
+     ({"until": 2}, "list of stages")],
+)
+def test_bad_curriculum_is_refused(curriculum, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_train_config(task="depo", task_options={"k_max": 6}, curriculum=curriculum)
