@@ -26,6 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", help="rule110, depo or math")
     parser.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
                         help="a task option, e.g. --opt t_min=3 --opt t_max=3 (see `lmsleep data TASK -h`)")
+    parser.add_argument("--stage", action="append", default=[], metavar="UNTIL:KEY=VALUE[,KEY=VALUE]",
+                        help="a curriculum stage: task options for training steps before UNTIL, e.g. "
+                             "--stage 500:k_max=1 --stage 1000:k_max=2 (held-out evaluation keeps --opt's)")
     parser.add_argument("--model", choices=MODEL_KINDS, default=None,
                         help="sleep hybrid (default), or a transformer baseline of the same width and depth")
     for flag in MODEL_FLAGS:
@@ -57,6 +60,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
             raise ValueError(f"--opt expects KEY=VALUE, got {item!r}")
         options[key] = int(value)
     data["task_options"] = options
+    if args.stage:
+        data["curriculum"] = [_parse_stage(item) for item in args.stage]
     model = dict(data.get("model", {}))
     for flag, name in MODEL_FLAGS.items():
         if getattr(args, flag) is not None:
@@ -67,6 +72,15 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         model.update(layout="A" * len(model.get("layout", "AGAG")), eviction="sliding", sleep_passes=1)
     data["model"] = model
     return TrainConfig(**data)
+
+
+def _parse_stage(item: str) -> dict:
+    until, sep, settings = item.partition(":")
+    pairs = [pair.partition("=") for pair in settings.split(",")] if sep else []
+    if not until.isdigit() or not pairs or any(not key or not eq or not value.lstrip("-").isdigit()
+                                               for key, eq, value in pairs):
+        raise ValueError(f"--stage expects UNTIL:KEY=VALUE[,KEY=VALUE] with integers, got {item!r}")
+    return {"until": int(until), "task_options": {key: int(value) for key, _, value in pairs}}
 
 
 def run(args: argparse.Namespace) -> int:

@@ -174,3 +174,18 @@ def test_curriculum_stages_set_the_training_data_and_never_the_held_out_set(tmp_
 def test_bad_curriculum_is_refused(curriculum, message):
     with pytest.raises(ValueError, match=message):
         tiny_train_config(task="depo", task_options={"k_max": 6}, curriculum=curriculum)
+
+
+def test_train_cli_stages_become_the_curriculum(capsys):
+    import argparse
+
+    from lmsleep.train_cli import add_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--task", "depo", "--out", "x", "--steps", "10",
+                              "--stage", "4:k_max=1", "--stage", "8:k_min=1,k_max=2"])
+    assert config_from_args(args).curriculum == [
+        {"until": 4, "task_options": {"k_max": 1}}, {"until": 8, "task_options": {"k_min": 1, "k_max": 2}}]
+    assert main(["train", "--task", "depo", "--stage", "4:k_max", "--out", "/tmp/x"]) == 2
+    assert "--stage expects UNTIL:KEY=VALUE" in capsys.readouterr().err
