@@ -156,6 +156,32 @@ def _bucket_table(runs: list[dict], buckets: list[int], key: str, title: str) ->
     return lines
 
 
+def _gain_table(runs: list[dict], buckets: list[int]) -> list[str]:
+    """Per bucket, the accuracy of each `X-N{n}` group (n > 1) minus that of `X-N1`, paired by seed:
+    mean ± std over the seeds both have (the gain of sleeping more, at equal training tokens)."""
+    final = {(r["group"], r["seed"]): _main_eval(r["evals"][-1])["per_bucket"] for r in runs}
+    rows = []
+    for group in sorted({g for g, _ in final}):
+        stem, _, passes = group.rpartition("-N")
+        if not passes.isdigit() or int(passes) == 1 or not stem:
+            continue
+        seeds = sorted(seed for g, seed in final if g == group and (f"{stem}-N1", seed) in final)
+        if not seeds:
+            continue
+        cells = []
+        for b in buckets:
+            gains = [final[group, s][str(b)] - final[f"{stem}-N1", s][str(b)]
+                     for s in seeds if str(b) in final[group, s] and str(b) in final[f"{stem}-N1", s]]
+            std = statistics.pstdev(gains) if len(gains) > 1 else 0.0
+            cells.append(f"{statistics.fmean(gains):+.3f} ± {std:.3f}" if gains else "–")
+        rows.append(f"| {group} − {stem}-N1 | {len(seeds)} | " + " | ".join(cells) + " |")
+    if not rows:
+        return []
+    return ["", "Gain over N = 1 per difficulty bucket (final per-answer accuracy, paired by seed, mean ± std):", "",
+            "| runs | seeds | " + " | ".join(str(b) for b in buckets) + " |", "| --- | --- |" + " --- |" * len(buckets),
+            *rows]
+
+
 def _colors(n: int) -> list:
     import matplotlib
 
@@ -184,6 +210,7 @@ def write_report(sweep_dir: str | Path, title: str | None = None) -> Path:
                      f"{row['steps']} | {row['tokens']:.3g} | {row['wall_s']:.0f} | {row['flops']:.3g} |")
     buckets = sorted({int(b) for r in runs for b in _main_eval(r["evals"][-1])["per_bucket"]})
     lines += _bucket_table(runs, buckets, "per_bucket", "Final per-answer accuracy per difficulty bucket:")
+    lines += _gain_table(runs, buckets)
     lines += _bucket_table(runs, buckets, "loss_per_bucket", "Final loss per difficulty bucket:")
     sleepers = [r for r in runs if r["final"]]
     if sleepers:

@@ -64,6 +64,10 @@ def test_sweep_runs_resumes_and_reports(tmp_path, capsys):
     # The report's numbers are the runs' last evaluations.
     last = [json.loads(line) for line in (out / "sleep-N2-s0" / "metrics.jsonl").read_text().splitlines() if '"eval"' in line][-1]
     assert f"{last['eval']['N2']['exact']:.3f} ± 0.000" in report
+    # The gain table pairs N = 2 with N = 1 of the same seed, bucket by bucket.
+    first = [json.loads(line) for line in (out / "sleep-N1-s0" / "metrics.jsonl").read_text().splitlines() if '"eval"' in line][-1]
+    gain = last["eval"]["N2"]["per_bucket"]["1"] - first["eval"]["N1"]["per_bucket"]["1"]
+    assert f"| sleep-N2 − sleep-N1 | 1 | {gain:+.3f} ± 0.000 |" in report
     # A second call has nothing left to do.
     assert main(["sweep", str(config), "--out", str(out)]) == 0
     assert "4 already done, 0 to run" in capsys.readouterr().out
