@@ -161,6 +161,22 @@ def test_fast_path_blocks_cover_batch_and_heads(batch, heads, threads, expected)
     assert chunk_fast._blocks(batch, heads, threads) == expected
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_fast_path_under_inference_mode_and_autocast(threads):
+    """Inference mode and autocast are per thread: blocks run on other threads must neither fail on
+    inference tensors nor compute in another precision than the calling thread."""
+    inputs = random_inputs(2, 21, 3, 8, 5, torch.float32, True)
+    expected = fast_chunk_gated_delta_rule(*inputs[:5], 0.4, inputs[5], 8, threads=1)
+    with torch.inference_mode():
+        result = fast_chunk_gated_delta_rule(*inputs[:5], 0.4, inputs[5], 8, threads=threads)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast_result = fast_chunk_gated_delta_rule(*inputs[:5], 0.4, inputs[5], 8, threads=threads)
+    for got in (result, autocast_result):
+        for a, b in zip(got, expected):
+            assert a.dtype == torch.float32
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
 def test_fast_path_refuses_bad_thread_count():
     inputs = random_inputs(1, 4, 1, 2, 2, torch.float64, False)
     with pytest.raises(ValueError, match="threads must be a positive int"):

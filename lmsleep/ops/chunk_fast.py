@@ -228,19 +228,22 @@ def _blocks(batch: int, heads: int, threads: int) -> list[tuple[slice, slice]]:
 _POOLS: dict[int, ThreadPoolExecutor] = {}  # by size, made on first use
 
 
-def _map_blocks(work, blocks: list) -> list:
-    """work(block) for every block, on as many threads as blocks; the caller's grad mode holds in each."""
+def _map_blocks(work, blocks: list, device_type: str) -> list:
+    """work(block) for every block, on as many threads as blocks. Grad and inference mode are per thread, so
+    the caller's are set in each; autocast is off in all, so that the op computes in its inputs' dtype
+    whichever thread runs a block."""
+    grad_enabled, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
+
+    def run(block):
+        with torch.inference_mode(inference), torch.set_grad_enabled(grad_enabled), \
+                torch.autocast(device_type, enabled=False):
+            return work(block)
+
     if len(blocks) == 1:
-        return [work(blocks[0])]
+        return [run(blocks[0])]
     pool = _POOLS.get(len(blocks))
     if pool is None:
         pool = _POOLS[len(blocks)] = ThreadPoolExecutor(max_workers=len(blocks), thread_name_prefix="lmsleep-op")
-    grad_enabled = torch.is_grad_enabled()  # grad mode is per thread
-
-    def run(block):
-        with torch.set_grad_enabled(grad_enabled):
-            return work(block)
-
     return list(pool.map(run, blocks))
 
 
@@ -297,7 +300,7 @@ class _ChunkGatedDeltaRule(torch.autograd.Function):
             final_state[rows, cols] = state.view(final_state[rows, cols].shape)
             return saved
 
-        saved = _map_blocks(run, blocks)
+        saved = _map_blocks(run, blocks, q.device.type)
         if keep:  # intermediates, not inputs or outputs: safe to hold on ctx
             ctx.saved_blocks = list(zip(blocks, saved))
         ctx.config = (scale, q.shape, v.shape, q.dtype, initial_state is not None)
@@ -324,7 +327,7 @@ class _ChunkGatedDeltaRule(torch.autograd.Function):
             grad_state = _backward_block(saved, scale, grad_out[rows, :, cols], grad_state, grads_out)
             grad_initial[rows, cols] = grad_state.view(grad_initial[rows, cols].shape)
 
-        _map_blocks(run, ctx.saved_blocks)
+        _map_blocks(run, ctx.saved_blocks, grad_out.device.type)
         return (*grads, grad_initial if has_initial_state else None, None, None, None)
 
 
