@@ -31,6 +31,10 @@ Why it is faster on a CPU than autograd through `chunk.py` or transformers' torc
   (4, 2048, 8, 128), none at (16, 384, 4, 64), a loss for the small windows of training, hence
   SPLIT_MIN_ELEMENTS.
 
+A forward that needs no gradient (inference, sleep passes, evaluation) in float32 runs instead in the
+native library of `native.py` (the same algorithm in C, one (batch row, head) at a time in cache), when
+it builds; `native=False` keeps it here.
+
 `chunk_size` is an upper bound: the sequence is cut into ⌈T / chunk_size⌉ chunks of equal length
 (⌈T / chunks⌉, so at most chunks − 1 padded tokens). Results differ from other chunk sizes only by rounding.
 """
@@ -41,6 +45,8 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
+
+from . import native as native_library
 
 
 def _chunking(time: int, chunk_size: int) -> tuple[int, int]:
@@ -115,7 +121,9 @@ class _Chunks:
         products.view(chunks, -1, 2, length, length).mul_(self.pairs.unsqueeze(2))
         system, self.intra = products[:, :, :length], products[:, :, length:]  # A (strict lower part), P
         eye = torch.eye(length, dtype=q.dtype, device=q.device).expand_as(system)
-        self.inverse = torch.linalg.solve_triangular(system, eye, upper=False, unitriangular=True)  # T
+        # Into a row-major buffer: left to itself, the solve returns T column-major, ≈ 2× slower in all.
+        self.inverse = torch.linalg.solve_triangular(  # T
+            system, eye, upper=False, unitriangular=True, out=system.new_empty(system.shape))
         self.inverse_beta = self.inverse * self.beta[..., None, :]  # T diag(β)
         self.k_to_end = self.k * self.to_end[..., None]  # K Γ_C/Γ
 
@@ -331,6 +339,29 @@ class _ChunkGatedDeltaRule(torch.autograd.Function):
         return (*grads, grad_initial if has_initial_state else None, None, None, None)
 
 
+NATIVE_SPLIT_MIN_ELEMENTS = 2**15  # below this many values in q, the native forward runs on one thread
+NATIVE_CHUNK_SIZE = 16  # the native forward's default chunk: fastest at K = V = 64 and 128 on 2 cores
+
+
+def _native_forward(q, k, v, g, beta, scale: float, initial_state, chunk_size: int, threads: int | None):
+    """The forward by the native library (`native.py`), (batch row, head) pairs cut into `threads` ranges."""
+    batch, time, heads, key_dim = q.shape
+    if threads is None:
+        threads = torch.get_num_threads() if q.numel() >= NATIVE_SPLIT_MIN_ELEMENTS else 1
+    q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
+    if initial_state is not None:
+        initial_state = initial_state.contiguous()
+    out = v.new_empty(v.shape)
+    final_state = q.new_empty(batch, heads, key_dim, v.shape[-1])
+    _, length = _chunking(time, chunk_size)
+
+    def run(pairs: slice):
+        native_library.forward_range(q, k, v, g, beta, initial_state, final_state, out, scale, length, pairs.start, pairs.stop)
+
+    _map_blocks(run, _even_slices(batch * heads, threads), q.device.type)
+    return out, final_state
+
+
 def fast_chunk_gated_delta_rule(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -339,19 +370,38 @@ def fast_chunk_gated_delta_rule(
     beta: torch.Tensor,
     scale: float,
     initial_state: torch.Tensor | None = None,
-    chunk_size: int = 64,
+    chunk_size: int | None = None,
     threads: int | None = None,
+    native: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Same arguments and result as `chunk.chunk_gated_delta_rule`; differentiable in every tensor argument.
 
     q, k: [batch, time, heads, K]; v: [batch, time, heads, V]; g, beta: [batch, time, heads];
     initial_state: [batch, heads, K, V] or None (zeros). Returns (out [batch, time, heads, V], final state).
+    chunk_size: None picks the fastest measured (16 native, else 32 for K ≤ 64 and 64 above).
     threads: how many blocks of (batch rows, heads) run side by side on threads of their own; None is
-    torch.get_num_threads() (so `torch.set_num_threads` governs it), or 1 for inputs under
-    SPLIT_MIN_ELEMENTS values, where starting threads costs more than it saves.
+    torch.get_num_threads() (so `torch.set_num_threads` governs it), or 1 for small inputs, where starting
+    threads costs more than it saves.
+    native: whether a forward that needs no gradient runs in the native library (`native.py`, float32 on
+    a CPU only); None uses it whenever it can, False never, True insists (an error if it cannot).
     """
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"fast_chunk_gated_delta_rule: threads must be a positive int or None, got {threads!r}")
+    tensors = (q, k, v, g, beta, initial_state)
+    needs_grad = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in tensors)
+    if native is None:
+        native = not needs_grad and native_library.usable(*tensors)
+    elif native:
+        if needs_grad:
+            raise ValueError("fast_chunk_gated_delta_rule: native=True has no backward; "
+                             "call it under torch.no_grad() or with inputs that need no gradient")
+        if not native_library.usable(*tensors):
+            raise RuntimeError("fast_chunk_gated_delta_rule: native=True, but the native forward cannot run: "
+                               f"{native_library.error() or 'it takes float32 CPU tensors only'}")
+    if chunk_size is None:  # what measured fastest on 2 cores (results differ only by rounding)
+        chunk_size = NATIVE_CHUNK_SIZE if native else (32 if q.shape[-1] <= 64 else 64)
+    if native:
+        return _native_forward(q, k, v, g, beta, scale, initial_state, chunk_size, threads)
     if threads is None:
         threads = torch.get_num_threads() if q.numel() >= SPLIT_MIN_ELEMENTS else 1
-    if not isinstance(threads, int) or threads < 1:
-        raise ValueError(f"fast_chunk_gated_delta_rule: threads must be a positive int or None, got {threads!r}")
     return _ChunkGatedDeltaRule.apply(q, k, v, g, beta, initial_state, scale, chunk_size, threads)

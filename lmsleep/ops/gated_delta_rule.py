@@ -2,8 +2,9 @@
 
 Same calling convention as flash-linear-attention's `chunk_gated_delta_rule`, so the two can be swapped:
 tensors are [batch, time, heads, dim]; q and k are used as given (the layer L2-normalises them).
-It runs `chunk_fast` (hand-written backward); `chunk.chunk_gated_delta_rule` stays the readable chunked
-path and `naive.recurrent_gated_delta_rule` the reference, both tested against each other.
+It runs `chunk_fast` (hand-written backward; a forward that needs no gradient runs in the native library of
+`native.py` where it builds); `chunk.chunk_gated_delta_rule` stays the readable chunked path and
+`naive.recurrent_gated_delta_rule` the reference, all tested against each other.
 """
 from __future__ import annotations
 
@@ -79,7 +80,8 @@ def gated_delta_rule(
         output_final_state: also return the state after the last token.
         chunk_size: at most this many tokens are solved together by the chunked path, which cuts the
             sequence into ⌈T / chunk_size⌉ chunks of equal length; any time length works. None picks what
-            is fastest on a CPU: 32 for K ≤ 64, else 64 (results differ only by rounding).
+            is fastest on a CPU: 16 for the native forward, else 32 for K ≤ 64 and 64 above (results differ only
+            by rounding).
         reference: run the token-by-token reference instead of the chunked path.
     Returns:
         (out [batch, time, heads, V] in the input dtype, final state [batch, heads, K, V] or None).
@@ -101,7 +103,5 @@ def gated_delta_rule(
     elif reference or q.shape[1] == 1:  # one token (streaming): the recurrence is a handful of small ops
         out, state = recurrent_gated_delta_rule(q, k, v, g, beta, scale, initial_state)
     else:
-        if chunk_size is None:
-            chunk_size = 32 if q.shape[-1] <= 64 else 64
         out, state = fast_chunk_gated_delta_rule(q, k, v, g, beta, scale, initial_state, chunk_size)
     return out.to(in_dtype), (state if output_final_state else None)
