@@ -1,5 +1,5 @@
-"""The native forward (`lmsleep/ops/native.py` + `csrc/gated_delta_rule_forward.c`) against the float64
-recurrent reference, its dispatch from the public op, and its fallbacks (no compiler, a failed build)."""
+"""The native op (`lmsleep/ops/native.py` + `csrc/gated_delta_rule.c`), forward and gradients, against the
+float64 recurrent reference; its dispatch from the public op; its fallbacks (no compiler, a failed build)."""
 import shutil
 
 import pytest
@@ -94,33 +94,84 @@ def test_native_forward_writes_every_element(threads):
     assert torch.isfinite(out).all() and torch.isfinite(state).all()
 
 
+def _rel(a, b):
+    """Relative error, absolute where the reference is small (a gradient that is exactly zero, say)."""
+    return ((a.double() - b).norm() / max(b.norm().item(), 1.0)).item()
+
+
+def _forward_and_grads(rule, inputs, grad_out, grad_state):
+    leaves = [x for x in inputs if x is not None and x.requires_grad]
+    out, state = rule(*inputs)
+    loss = (out * grad_out).sum() + (state * grad_state).sum()
+    return out, state, torch.autograd.grad(loss, leaves)
+
+
 @needs_native
-def test_public_op_runs_native_only_when_no_gradient_is_needed(monkeypatch):
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("with_state", [False, True], ids=["zero_state", "initial_state"])
+@pytest.mark.parametrize("time,chunk_size,key_dim,value_dim", CASES,
+                         ids=[f"T{t}-C{c}-K{k}-V{v}" for t, c, k, v in CASES])
+def test_native_gradients_match_reference(time, chunk_size, key_dim, value_dim, with_state, threads):
+    inputs = random_inputs(2, time, 3, key_dim, value_dim, torch.float32, with_state)
+    inputs = [None if x is None else x.requires_grad_() for x in inputs]
+    grad_out, grad_state = torch.randn(2, time, 3, value_dim), torch.randn(2, 3, key_dim, value_dim)
+    scale = key_dim**-0.5
+    out, state, grads = _forward_and_grads(
+        lambda *x: fast_chunk_gated_delta_rule(*x[:5], scale, x[5], chunk_size, threads=threads, native=True),
+        inputs, grad_out, grad_state)
+    inputs64 = [None if x is None else x.detach().double().requires_grad_() for x in inputs]
+    out_r, state_r, grads_r = _forward_and_grads(
+        lambda *x: recurrent_gated_delta_rule(*x[:5], scale, x[5]), inputs64, grad_out.double(), grad_state.double())
+    assert _rel(out, out_r) < 1e-5 and _rel(state, state_r) < 1e-5
+    for name, a, b in zip(["q", "k", "v", "g", "beta", "initial_state"], grads, grads_r):
+        assert a.dtype == torch.float32 and a.shape == b.shape
+        assert _rel(a, b) < 1e-5, f"gradient of {name} is off by {_rel(a, b):.2e}"
+
+
+@needs_native
+@pytest.mark.parametrize("used", ["out", "state"])
+def test_native_gradients_with_one_output_unused_and_partial_leaves(used):
+    inputs = random_inputs(2, 11, 2, 4, 3, torch.float32, False)
+    inputs64 = [None if x is None else x.double() for x in inputs]
+    leaves = [inputs[1].requires_grad_(), inputs[3].requires_grad_()]
+    leaves64 = [inputs64[1].requires_grad_(), inputs64[3].requires_grad_()]
+
+    def loss(rule, tensors):
+        out, state = rule(*tensors[:5], 0.5, None)
+        return (out if used == "out" else state).pow(2).sum()
+
+    grads = torch.autograd.grad(loss(lambda *a: fast_chunk_gated_delta_rule(*a, 4, native=True), inputs), leaves)
+    grads_r = torch.autograd.grad(loss(recurrent_gated_delta_rule, inputs64), leaves64)
+    for a, b in zip(grads, grads_r):
+        assert _rel(a, b) < 1e-5
+
+
+@needs_native
+def test_public_op_runs_native_for_float32_only(monkeypatch):
     calls = []
-    real = native.forward_range
-    monkeypatch.setattr(native, "forward_range", lambda *a: calls.append(1) or real(*a))
+    for name in ("forward_range", "backward_range"):
+        real = getattr(native, name)
+        monkeypatch.setattr(native, name, lambda *a, real=real, name=name: calls.append(name) or real(*a))
     inputs = random_inputs(2, 30, 2, 8, 8, torch.float32, True)
     with torch.no_grad():
         fast, _ = gated_delta_rule(*inputs[:5], initial_state=inputs[5])
-    assert calls, "a float32 forward under no_grad should run natively"
+    assert calls == ["forward_range"]
     calls.clear()
     leaves = [x.requires_grad_() for x in inputs]
-    slow, _ = gated_delta_rule(*leaves[:5], initial_state=leaves[5])
-    assert not calls and slow.requires_grad
-    torch.testing.assert_close(fast, slow.detach(), rtol=1e-5, atol=1e-5)
+    trained, _ = gated_delta_rule(*leaves[:5], initial_state=leaves[5])
+    trained.sum().backward()
+    assert calls == ["forward_range", "backward_range"]
+    torch.testing.assert_close(fast, trained.detach(), rtol=1e-5, atol=1e-5)
     calls.clear()
     with torch.no_grad():
-        gated_delta_rule(*(x.double() for x in inputs[:5]))
+        gated_delta_rule(*(x.detach().double() for x in inputs[:5]))
     assert not calls, "float64 is computed by the torch path"
 
 
 def test_native_true_refuses_what_it_cannot_do():
-    inputs = random_inputs(1, 9, 1, 4, 4, torch.float32, False)
-    leaves = [x if x is None else x.requires_grad_() for x in inputs]
-    with pytest.raises(ValueError, match="no backward"):
-        fast_chunk_gated_delta_rule(*leaves[:5], 0.5, None, 4, native=True)
-    with torch.no_grad(), pytest.raises(RuntimeError, match="native=True"):
-        fast_chunk_gated_delta_rule(*(x.double() for x in inputs[:5]), 0.5, None, 4, native=True)
+    inputs = random_inputs(1, 9, 1, 4, 4, torch.float64, False)
+    with pytest.raises(RuntimeError, match="native=True"):
+        fast_chunk_gated_delta_rule(*inputs[:5], 0.5, None, 4, native=True)
 
 
 @pytest.fixture
@@ -134,7 +185,7 @@ def fresh_native(monkeypatch, tmp_path):
 @needs_native
 def test_build_is_cached_under_a_key_of_source_and_machine(fresh_native):
     assert native.library() is not None, native.error()
-    built = list((fresh_native / "cache").glob("gated_delta_rule_forward-*.so"))
+    built = list((fresh_native / "cache").glob("gated_delta_rule-*.so"))
     assert len(built) == 1 and not list((fresh_native / "cache").glob("*.tmp*"))
     stamp = built[0].stat().st_mtime_ns
     native._state.clear()

@@ -31,9 +31,8 @@ Why it is faster on a CPU than autograd through `chunk.py` or transformers' torc
   (4, 2048, 8, 128), none at (16, 384, 4, 64), a loss for the small windows of training, hence
   SPLIT_MIN_ELEMENTS.
 
-A forward that needs no gradient (inference, sleep passes, evaluation) in float32 runs instead in the
-native library of `native.py` (the same algorithm in C, one (batch row, head) at a time in cache), when
-it builds; `native=False` keeps it here.
+In float32 the op runs instead in the native library of `native.py` (the same algorithm and backward in C,
+one (batch row, head) at a time in cache) when it builds; `native=False` keeps it here.
 
 `chunk_size` is an upper bound: the sequence is cut into ⌈T / chunk_size⌉ chunks of equal length
 (⌈T / chunks⌉, so at most chunks − 1 padded tokens). Results differ from other chunk sizes only by rounding.
@@ -343,23 +342,47 @@ NATIVE_SPLIT_MIN_ELEMENTS = 2**15  # below this many values in q, the native for
 NATIVE_CHUNK_SIZE = 16  # the native forward's default chunk: fastest at K = V = 64 and 128 on 2 cores
 
 
-def _native_forward(q, k, v, g, beta, scale: float, initial_state, chunk_size: int, threads: int | None):
-    """The forward by the native library (`native.py`), (batch row, head) pairs cut into `threads` ranges."""
-    batch, time, heads, key_dim = q.shape
-    if threads is None:
-        threads = torch.get_num_threads() if q.numel() >= NATIVE_SPLIT_MIN_ELEMENTS else 1
-    q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
-    if initial_state is not None:
-        initial_state = initial_state.contiguous()
-    out = v.new_empty(v.shape)
-    final_state = q.new_empty(batch, heads, key_dim, v.shape[-1])
-    _, length = _chunking(time, chunk_size)
+class _NativeChunkGatedDeltaRule(torch.autograd.Function):
+    """The op in the native library (`native.py`): (batch row, head) pairs cut into `threads` ranges, each
+    run on a thread of its own. When a gradient is needed the forward also keeps the state entering each
+    chunk and U, from which the native backward recomputes the rest chunk by chunk."""
 
-    def run(pairs: slice):
-        native_library.forward_range(q, k, v, g, beta, initial_state, final_state, out, scale, length, pairs.start, pairs.stop)
+    @staticmethod
+    def forward(ctx, q, k, v, g, beta, initial_state, scale, length, threads):
+        batch, time, heads, key_dim = q.shape
+        inputs = tuple(x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v)) + (g, beta)
+        if initial_state is not None:
+            initial_state = initial_state.contiguous()
+        out = v.new_empty(v.shape)
+        final_state = q.new_empty(batch, heads, key_dim, v.shape[-1])
+        saved_states = saved_u = None
+        if any(ctx.needs_input_grad[:6]):
+            chunks, _ = _chunking(time, length)
+            saved_states = q.new_empty(batch, heads, chunks + 1, key_dim, v.shape[-1])
+            saved_u = q.new_empty(batch, heads, chunks * length, v.shape[-1])
+            ctx.save_for_backward(*inputs, saved_states, saved_u)
+        ranges = _even_slices(batch * heads, threads)
+        _map_blocks(lambda pairs: native_library.forward_range(
+            inputs, initial_state, final_state, out, scale, length, pairs, saved_states, saved_u), ranges, "cpu")
+        ctx.config = (scale, length, ranges, initial_state is not None)
+        return out, final_state
 
-    _map_blocks(run, _even_slices(batch * heads, threads), q.device.type)
-    return out, final_state
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out, grad_final_state):
+        scale, length, ranges, has_initial_state = ctx.config
+        *inputs, saved_states, saved_u = ctx.saved_tensors
+        q, _, v, g, _ = inputs
+        grad_out = v.new_zeros(v.shape) if grad_out is None else grad_out.contiguous()
+        if grad_final_state is not None:
+            grad_final_state = grad_final_state.contiguous()
+        grads = [q.new_empty(q.shape), q.new_empty(q.shape), v.new_empty(v.shape), g.new_empty(g.shape),
+                 g.new_empty(g.shape)]
+        grad_initial = q.new_empty(q.shape[0], q.shape[2], q.shape[3], v.shape[3])
+        _map_blocks(lambda pairs: native_library.backward_range(
+            inputs, saved_states, saved_u, grad_out, grad_final_state, grads, grad_initial, scale, length, pairs),
+            ranges, "cpu")
+        return (*grads, grad_initial if has_initial_state else None, None, None, None)
 
 
 def fast_chunk_gated_delta_rule(
@@ -382,26 +405,24 @@ def fast_chunk_gated_delta_rule(
     threads: how many blocks of (batch rows, heads) run side by side on threads of their own; None is
     torch.get_num_threads() (so `torch.set_num_threads` governs it), or 1 for small inputs, where starting
     threads costs more than it saves.
-    native: whether a forward that needs no gradient runs in the native library (`native.py`, float32 on
-    a CPU only); None uses it whenever it can, False never, True insists (an error if it cannot).
+    native: whether the op runs in the native library (`native.py`: float32 on a CPU only); None uses it
+    whenever it can, False never, True insists (an error if it cannot).
     """
     if threads is not None and (not isinstance(threads, int) or threads < 1):
         raise ValueError(f"fast_chunk_gated_delta_rule: threads must be a positive int or None, got {threads!r}")
     tensors = (q, k, v, g, beta, initial_state)
-    needs_grad = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in tensors)
     if native is None:
-        native = not needs_grad and native_library.usable(*tensors)
-    elif native:
-        if needs_grad:
-            raise ValueError("fast_chunk_gated_delta_rule: native=True has no backward; "
-                             "call it under torch.no_grad() or with inputs that need no gradient")
-        if not native_library.usable(*tensors):
-            raise RuntimeError("fast_chunk_gated_delta_rule: native=True, but the native forward cannot run: "
-                               f"{native_library.error() or 'it takes float32 CPU tensors only'}")
+        native = native_library.usable(*tensors)
+    elif native and not native_library.usable(*tensors):
+        raise RuntimeError("fast_chunk_gated_delta_rule: native=True, but the native op cannot run: "
+                           f"{native_library.error() or 'it takes float32 CPU tensors only'}")
     if chunk_size is None:  # what measured fastest on 2 cores (results differ only by rounding)
         chunk_size = NATIVE_CHUNK_SIZE if native else (32 if q.shape[-1] <= 64 else 64)
     if native:
-        return _native_forward(q, k, v, g, beta, scale, initial_state, chunk_size, threads)
+        if threads is None:
+            threads = torch.get_num_threads() if q.numel() >= NATIVE_SPLIT_MIN_ELEMENTS else 1
+        _, length = _chunking(q.shape[1], chunk_size)
+        return _NativeChunkGatedDeltaRule.apply(q, k, v, g, beta, initial_state, scale, length, threads)
     if threads is None:
         threads = torch.get_num_threads() if q.numel() >= SPLIT_MIN_ELEMENTS else 1
     return _ChunkGatedDeltaRule.apply(q, k, v, g, beta, initial_state, scale, chunk_size, threads)

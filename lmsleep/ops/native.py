@@ -1,4 +1,4 @@
-"""The native forward of the gated delta rule (`csrc/gated_delta_rule_forward.c`): built on first use, then loaded.
+"""The native gated delta rule (`csrc/gated_delta_rule.c`, forward and backward): built on first use, then loaded.
 
 The C file is compiled with the machine's C compiler (`$CC`, else `cc` or `gcc` on PATH) for the machine's
 own CPU (-march=native) into a cache folder (`$LMSLEEP_CACHE_DIR`, else `$XDG_CACHE_HOME/lmsleep` or
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-SOURCE = Path(__file__).parent / "csrc" / "gated_delta_rule_forward.c"
+SOURCE = Path(__file__).parent / "csrc" / "gated_delta_rule.c"
 FLAGS = ["-O3", "-march=native", "-shared", "-fPIC", "-std=gnu11"]
 
 _lock = threading.Lock()
@@ -61,7 +61,7 @@ def _build(compiler: str) -> Path:
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
     key = hashlib.sha256(b"\0".join([source, " ".join(FLAGS).encode(), version.encode(),
                                      _cpu_signature().encode()])).hexdigest()[:16]
-    target = cache_dir() / f"gated_delta_rule_forward-{key}.so"
+    target = cache_dir() / f"gated_delta_rule-{key}.so"
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -91,10 +91,12 @@ def library():
                 if compiler is None:
                     raise RuntimeError("no C compiler found ($CC, cc or gcc)")
                 lib = ctypes.CDLL(str(_build(compiler)))
-                function = lib.lmsleep_gdr_forward
-                function.argtypes = ([ctypes.c_void_p] * 5 + [ctypes.POINTER(ctypes.c_long)] + [ctypes.c_void_p] * 3
-                                     + [ctypes.c_int] * 5 + [ctypes.c_float] + [ctypes.c_int] * 2)
-                function.restype = ctypes.c_int
+                pointer, ints = ctypes.c_void_p, ctypes.c_int
+                lib.lmsleep_gdr_forward.argtypes = ([pointer] * 5 + [ctypes.POINTER(ctypes.c_long)] + [pointer] * 3
+                                                    + [ints] * 5 + [ctypes.c_float] + [ints] * 2 + [pointer] * 2)
+                lib.lmsleep_gdr_backward.argtypes = ([pointer] * 5 + [ctypes.POINTER(ctypes.c_long)] + [pointer] * 10
+                                                     + [ints] * 5 + [ctypes.c_float] + [ints] * 2)
+                lib.lmsleep_gdr_forward.restype = lib.lmsleep_gdr_backward.restype = ctypes.c_int
                 _state["library"] = lib
             except Exception as error:  # any failure leaves the torch path in charge
                 _state["error"] = f"{type(error).__name__}: {error}"
@@ -110,22 +112,49 @@ def error() -> str | None:
 
 
 def usable(*tensors) -> bool:
-    """Whether the native forward takes these tensors: float32, on the CPU, and the library loaded."""
+    """Whether the native op takes these tensors: float32, on the CPU, and the library loaded."""
     return all(x is None or (x.dtype == torch.float32 and x.device.type == "cpu") for x in tensors) \
         and library() is not None
 
 
-def forward_range(q, k, v, g, beta, initial_state, final_state, out, scale: float, length: int, first: int,
-                  last: int) -> None:
-    """Run the native forward for (batch row, head) pairs first … last − 1 (row-major over [batch, heads]),
-    writing `out` [batch, time, heads, V] and `final_state` [batch, heads, K, V] (both contiguous float32).
-    q, k, v must have a contiguous last dimension; initial_state is contiguous or None; `length` is the
-    chunk length."""
-    _, time, heads, key_dim = q.shape
-    strides = (ctypes.c_long * 15)(*(stride for x in (q, k, v, g, beta) for stride in x.stride()[:3]))
-    status = library().lmsleep_gdr_forward(
-        q.data_ptr(), k.data_ptr(), v.data_ptr(), g.data_ptr(), beta.data_ptr(), strides,
-        None if initial_state is None else initial_state.data_ptr(), final_state.data_ptr(), out.data_ptr(),
-        heads, time, key_dim, v.shape[-1], length, scale, first, last)
+def _pointer(x: torch.Tensor | None):
+    return None if x is None else x.data_ptr()
+
+
+def _strides(*tensors) -> ctypes.Array:
+    return (ctypes.c_long * 15)(*(stride for x in tensors for stride in x.stride()[:3]))
+
+
+def _check(status: int) -> None:
     if status != 0:
         raise MemoryError("lmsleep native gated delta rule: could not allocate its working memory")
+
+
+def forward_range(inputs, initial_state, final_state, out, scale: float, length: int, pairs: slice,
+                  saved_states=None, saved_u=None) -> None:
+    """The forward for (batch row, head) pairs `pairs` (row-major over [batch, heads]).
+
+    inputs: float32 (q, k [batch, time, heads, K], v [batch, time, heads, V], g, beta [batch, time, heads]),
+    q, k, v with a contiguous last dimension. Writes `out` [batch, time, heads, V] and `final_state`
+    [batch, heads, K, V] (contiguous); initial_state is contiguous or None (zeros). `length` is the chunk
+    length. saved_states [batch, heads, chunks + 1, K, V] and saved_u [batch, heads, chunks · length, V]
+    (contiguous, or None) receive what `backward_range` needs."""
+    q, _, v, _, _ = inputs
+    _, time, heads, key_dim = q.shape
+    _check(library().lmsleep_gdr_forward(
+        *(x.data_ptr() for x in inputs), _strides(*inputs), _pointer(initial_state), final_state.data_ptr(),
+        out.data_ptr(), heads, time, key_dim, v.shape[-1], length, scale, pairs.start, pairs.stop,
+        _pointer(saved_states), _pointer(saved_u)))
+
+
+def backward_range(inputs, saved_states, saved_u, grad_out, grad_final, grads, grad_initial, scale: float,
+                   length: int, pairs: slice) -> None:
+    """The backward for (batch row, head) pairs `pairs`: from grad_out (contiguous like out) and grad_final
+    (contiguous like the final state, or None for zeros), writes `grads` (dq, dk, dv, dg, dbeta, contiguous
+    like the inputs) and grad_initial (contiguous [batch, heads, K, V])."""
+    q, _, v, _, _ = inputs
+    _, time, heads, key_dim = q.shape
+    _check(library().lmsleep_gdr_backward(
+        *(x.data_ptr() for x in inputs), _strides(*inputs), saved_states.data_ptr(), saved_u.data_ptr(),
+        grad_out.data_ptr(), _pointer(grad_final), *(x.data_ptr() for x in grads), grad_initial.data_ptr(),
+        heads, time, key_dim, v.shape[-1], length, scale, pairs.start, pairs.stop))
