@@ -357,9 +357,9 @@ class _NativeChunkGatedDeltaRule(torch.autograd.Function):
         final_state = q.new_empty(batch, heads, key_dim, v.shape[-1])
         saved_states = saved_u = None
         if any(ctx.needs_input_grad[:6]):
-            chunks, _ = _chunking(time, length)
-            saved_states = q.new_empty(batch, heads, chunks + 1, key_dim, v.shape[-1])
-            saved_u = q.new_empty(batch, heads, chunks * length, v.shape[-1])
+            states_size, u_size = native_library.saved_sizes(time, key_dim, v.shape[-1], length)
+            saved_states = q.new_empty(batch * heads, states_size)
+            saved_u = q.new_empty(batch * heads, u_size)
             ctx.save_for_backward(*inputs, saved_states, saved_u)
         ranges = _even_slices(batch * heads, threads)
         _map_blocks(lambda pairs: native_library.forward_range(

@@ -97,6 +97,8 @@ def library():
                 lib.lmsleep_gdr_backward.argtypes = ([pointer] * 5 + [ctypes.POINTER(ctypes.c_long)] + [pointer] * 10
                                                      + [ints] * 5 + [ctypes.c_float] + [ints] * 2)
                 lib.lmsleep_gdr_forward.restype = lib.lmsleep_gdr_backward.restype = ctypes.c_int
+                lib.lmsleep_gdr_saved_sizes.argtypes = [ints] * 4 + [ctypes.POINTER(ctypes.c_long)]
+                lib.lmsleep_gdr_saved_sizes.restype = None
                 _state["library"] = lib
             except Exception as error:  # any failure leaves the torch path in charge
                 _state["error"] = f"{type(error).__name__}: {error}"
@@ -130,6 +132,13 @@ def _check(status: int) -> None:
         raise MemoryError("lmsleep native gated delta rule: could not allocate its working memory")
 
 
+def saved_sizes(time: int, key_dim: int, value_dim: int, length: int) -> tuple[int, int]:
+    """How many float32 values the forward keeps per (batch row, head) for the backward: (states, U)."""
+    sizes = (ctypes.c_long * 2)()
+    library().lmsleep_gdr_saved_sizes(time, key_dim, value_dim, length, sizes)
+    return sizes[0], sizes[1]
+
+
 def forward_range(inputs, initial_state, final_state, out, scale: float, length: int, pairs: slice,
                   saved_states=None, saved_u=None) -> None:
     """The forward for (batch row, head) pairs `pairs` (row-major over [batch, heads]).
@@ -137,8 +146,8 @@ def forward_range(inputs, initial_state, final_state, out, scale: float, length:
     inputs: float32 (q, k [batch, time, heads, K], v [batch, time, heads, V], g, beta [batch, time, heads]),
     q, k, v with a contiguous last dimension. Writes `out` [batch, time, heads, V] and `final_state`
     [batch, heads, K, V] (contiguous); initial_state is contiguous or None (zeros). `length` is the chunk
-    length. saved_states [batch, heads, chunks + 1, K, V] and saved_u [batch, heads, chunks · length, V]
-    (contiguous, or None) receive what `backward_range` needs."""
+    length. saved_states and saved_u (contiguous [batch · heads, n] with n from `saved_sizes`, or None)
+    receive what `backward_range` needs."""
     q, _, v, _, _ = inputs
     _, time, heads, key_dim = q.shape
     _check(library().lmsleep_gdr_forward(
