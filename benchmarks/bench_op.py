@@ -7,7 +7,9 @@ Peers, each called with its own defaults (chunk size 64, scale K^-1/2, q and k u
   dependency: that one file is taken from the fla-core wheel (`pip download --no-deps`) into a cache
   outside the repository ($LMSLEEP_BENCH_CACHE, default ~/.cache/lmsleep-bench) and imported by path,
   with einops (which it imports) fetched the same way if missing. Without network it is reported missing.
-- lmsleep's plain chunked path (`chunk_gated_delta_rule`, autograd through torch ops), for reference.
+- lmsleep's own rows: `lmsleep` is the public op as users get it (the native library where it builds,
+  which the notes line says), `lmsleep-torch` its torch-ops fast path (`native=False`), and
+  `lmsleep-chunk` the plain chunked path (autograd through torch ops), for reference.
 
 Each row gives the median time over --repeats calls after one warm-up (the implementations take turns,
 so that drifting load on a shared machine hits all alike), the effective GFLOP/s for one
@@ -37,7 +39,13 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(__file__))
 from common import final_json, median_seconds, print_table  # noqa: E402
 
-from lmsleep.ops import chunk_gated_delta_rule, gated_delta_rule, recurrent_gated_delta_rule  # noqa: E402
+from lmsleep.ops import (  # noqa: E402
+    chunk_gated_delta_rule,
+    fast_chunk_gated_delta_rule,
+    gated_delta_rule,
+    native,
+    recurrent_gated_delta_rule,
+)
 
 FLA_VERSION = "0.6.0"
 FLA_MEMBER = "fla/ops/gated_delta_rule/naive.py"
@@ -100,9 +108,14 @@ def implementations() -> tuple[dict, dict]:
     """name → fn(q, k, v, g, beta, initial_state) -> (out, final_state), and name → note."""
     impls = {
         "lmsleep": lambda q, k, v, g, b, s: gated_delta_rule(q, k, v, g, b, initial_state=s, output_final_state=True),
+        "lmsleep-torch": lambda q, k, v, g, b, s: fast_chunk_gated_delta_rule(
+            q, k, v, g, b, q.shape[-1] ** -0.5, s, native=False),
         "lmsleep-chunk": lambda q, k, v, g, b, s: chunk_gated_delta_rule(q, k, v, g, b, q.shape[-1] ** -0.5, s),
     }
-    notes = {"lmsleep": "lmsleep.ops.gated_delta_rule (fast path)", "lmsleep-chunk": "lmsleep plain chunked path"}
+    route = "native library" if native.library() is not None else f"torch path; native unavailable: {native.error()}"
+    notes = {"lmsleep": f"lmsleep.ops.gated_delta_rule (default: {route})",
+             "lmsleep-torch": "lmsleep fast path in torch ops (native=False)",
+             "lmsleep-chunk": "lmsleep plain chunked path"}
     try:
         from transformers.models.qwen3_next import modeling_qwen3_next
 
