@@ -295,13 +295,21 @@ static void chunk_prepare(Chunk *c, const float *const inputs[5], const long tok
     }
 }
 
-/* Pointers to one (row, head)'s first token of each input, and the inputs' time strides. */
-static void locate(const float *const all[5], const long *strides, long b, long h, const float *inputs[5],
-                   long token_strides[5]) {
+/* One (row, head) of the inputs: its batch row and head, its first token in each input, and the inputs'
+   time strides. */
+typedef struct {
+    long b, h;
+    const float *inputs[5];
+    long token_strides[5];
+} Sequence;
+
+static Sequence locate(const float *const all[5], const long *strides, int pair, int heads) {
+    Sequence seq = {pair / heads, pair % heads, {NULL}, {0}};
     for (int n = 0; n < 5; n++) {
-        inputs[n] = all[n] + b * strides[3 * n] + h * strides[3 * n + 2];
-        token_strides[n] = strides[3 * n + 1];
+        seq.inputs[n] = all[n] + seq.b * strides[3 * n] + seq.h * strides[3 * n + 2];
+        seq.token_strides[n] = strides[3 * n + 1];
     }
+    return seq;
 }
 
 static long chunk_count(int T, int length) { return (T + length - 1) / length; }
@@ -514,12 +522,9 @@ int lmsleep_gdr_forward(const float *q, const float *k, const float *v, const fl
     long sizes[2];
     lmsleep_gdr_saved_sizes(T, K, V, length, sizes);
     for (int pair = first; pair < last; pair++) {
-        const long b = pair / heads, h = pair % heads;
-        const float *inputs[5];
-        long token_strides[5];
-        locate(all, strides, b, h, inputs, token_strides);
-        if (forward_one(inputs, token_strides, state_in ? state_in + (long)pair * K * V : NULL,
-                        state_out + (long)pair * K * V, out + (b * T * heads + h) * V, (long)heads * V, T, K, V,
+        const Sequence seq = locate(all, strides, pair, heads);
+        if (forward_one(seq.inputs, seq.token_strides, state_in ? state_in + (long)pair * K * V : NULL,
+                        state_out + (long)pair * K * V, out + (seq.b * T * heads + seq.h) * V, (long)heads * V, T, K, V,
                         length, scale, saved_states ? saved_states + pair * sizes[0] : NULL,
                         saved_u ? saved_u + pair * sizes[1] : NULL))
             return 1;
@@ -540,13 +545,10 @@ int lmsleep_gdr_backward(const float *q, const float *k, const float *v, const f
     long sizes[2];
     lmsleep_gdr_saved_sizes(T, K, V, length, sizes);
     for (int pair = first; pair < last; pair++) {
-        const long b = pair / heads, h = pair % heads;
-        const float *inputs[5];
-        long token_strides[5];
-        locate(all, strides, b, h, inputs, token_strides);
-        const long token = b * T * heads + h;  /* (b, t = 0, h) in [batch, time, heads] */
+        const Sequence seq = locate(all, strides, pair, heads);
+        const long token = seq.b * T * heads + seq.h;  /* (b, t = 0, h) in [batch, time, heads] */
         float *const grads[5] = {dq + token * K, dk + token * K, dv + token * V, dg + token, dbeta + token};
-        if (backward_one(inputs, token_strides, saved_states + pair * sizes[0], saved_u + pair * sizes[1],
+        if (backward_one(seq.inputs, seq.token_strides, saved_states + pair * sizes[0], saved_u + pair * sizes[1],
                          grad_out + token * V, (long)heads * V, grad_final ? grad_final + (long)pair * K * V : NULL,
                          grads, grad_strides, grad_initial + (long)pair * K * V, T, K, V, length, scale))
             return 1;
