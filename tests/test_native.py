@@ -52,9 +52,9 @@ def test_native_forward_with_strong_or_growing_decays(decay):
 
 
 @needs_native
-def test_native_forward_takes_strided_inputs():
+def test_native_takes_strided_inputs():
     """Views as a layer makes them (heads moved, slices of a wider projection), and a last dimension that
-    is not contiguous (copied first)."""
+    is not contiguous (copied first): forward, and gradients flowing back into the tensors viewed."""
     batch, time, heads, dim = 2, 21, 3, 8
     unit = [torch.nn.functional.normalize(torch.randn(batch, time, heads, dim), dim=-1) for _ in range(2)]
     wide = torch.cat([*unit, torch.randn(batch, time, heads, dim)], dim=-1)  # one projection, then split
@@ -66,6 +66,25 @@ def test_native_forward_takes_strided_inputs():
     inputs = [q, k, v, g, beta, state]
     assert not any(x.is_contiguous() for x in inputs)
     _assert_matches(_native(inputs, dim**-0.5, 8, threads=2), _reference(inputs, dim**-0.5))
+    leaves = [x.detach().clone().requires_grad_() for x in (wide, gates, state)]
+    views = [leaves[0][..., :dim], leaves[0][..., dim:2 * dim], v.detach().requires_grad_(),
+             leaves[1][..., 0], leaves[1][..., 1], leaves[2]]
+    out, final = fast_chunk_gated_delta_rule(*views[:5], dim**-0.5, views[5], 8, threads=2, native=True)
+    grads = torch.autograd.grad(out.square().sum() + final.sum(), leaves + [views[2]])
+    leaves64 = [x.detach().double().requires_grad_() for x in (wide, gates, state, v)]
+    views64 = [leaves64[0][..., :dim], leaves64[0][..., dim:2 * dim], leaves64[3], leaves64[1][..., 0],
+               leaves64[1][..., 1], leaves64[2]]
+    out64, final64 = recurrent_gated_delta_rule(*views64[:5], dim**-0.5, views64[5])
+    grads64 = torch.autograd.grad(out64.square().sum() + final64.sum(), leaves64[:3] + [leaves64[3]])
+    for a, b in zip(grads, grads64):
+        assert _rel(a, b) < 1e-5
+
+
+@needs_native
+def test_native_takes_an_empty_batch():
+    inputs = random_inputs(0, 5, 2, 4, 4, torch.float32, True)
+    out, state = _native(inputs, 0.5, 4, threads=2)
+    assert out.shape == (0, 5, 2, 4) and state.shape == (0, 2, 4, 4)
 
 
 @needs_native

@@ -218,8 +218,10 @@ SPLIT_MIN_ELEMENTS = 2**20  # below this many values in q, the op runs on the ca
 
 
 def _even_slices(size: int, parts: int) -> list[slice]:
-    """`size` cut into min(parts, size) contiguous slices whose lengths differ by at most one."""
+    """`size` cut into min(parts, size) contiguous slices whose lengths differ by at most one (none for 0)."""
     parts = min(parts, size)
+    if parts == 0:
+        return []
     bounds = [size * i // parts for i in range(parts + 1)]
     return [slice(a, b) for a, b in zip(bounds, bounds[1:])]
 
@@ -361,7 +363,7 @@ class _NativeChunkGatedDeltaRule(torch.autograd.Function):
             saved_states = q.new_empty(batch * heads, states_size)
             saved_u = q.new_empty(batch * heads, u_size)
             ctx.save_for_backward(*inputs, saved_states, saved_u)
-        ranges = _even_slices(batch * heads, threads)
+        ranges = _even_slices(batch * heads, threads) or [slice(0, 0)]  # an empty batch: one empty range
         _map_blocks(lambda pairs: native_library.forward_range(
             inputs, initial_state, final_state, out, scale, length, pairs, saved_states, saved_u), ranges, "cpu")
         ctx.config = (scale, length, ranges, initial_state is not None)
