@@ -6,6 +6,11 @@ Each (model, length) runs in its own process so that peak RSS is that configurat
 prefilled to `length` in blocks of L tokens, then `--measure` tokens are fed one at a time; the median of
 those per-token times is the wake latency, and (mean − median) the amortised sleep cost per token.
 
+Processes run minutes apart, and a shared host's speed drifts by ±10% over that time, so the latency
+ratio of the longest to the shortest length is also measured side by side: one process per model holds
+two streams, prefilled to the shortest and the longest length, and feeds them one token each in turn
+(`paired_ratio` in the summary: median long / median short over the same interleaved stretch).
+
     python benchmarks/bench_stream.py                       # 1k, 4k, 16k, 64k (the full-attention 64k run takes minutes)
     python benchmarks/bench_stream.py --lengths 1024 4096   # a quick look
 """
@@ -14,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -47,23 +53,33 @@ def state_bytes(stream: SleepStream) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-@torch.no_grad()
-def worker(name: str, length: int, measure: int, width: int, window: int) -> dict:
-    model = build(name, width, window)
+def _stream(model: SleepLM, length: int, measure: int, window: int):
+    """A stream prefilled to `length` tokens in blocks of `window`, the tokens to time after them, and the
+    prefill's wall time."""
     stream = SleepStream(model)
     generator = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, 256, (1, length + measure), generator=generator)
     started = time.perf_counter()
     for start in range(0, length, window):
         stream.feed(tokens[:, start : min(start + window, length)])
-    prefill = time.perf_counter() - started
+    return stream, tokens[:, length:], time.perf_counter() - started
+
+
+def _feed_one(stream: SleepStream, token: torch.Tensor) -> tuple[float, bool]:
+    """Seconds to feed one token, and whether the stream slept on it."""
+    sleeps = stream.sleeps
+    started = time.perf_counter()
+    stream.feed(token)
+    return time.perf_counter() - started, stream.sleeps > sleeps
+
+
+@torch.no_grad()
+def worker(name: str, length: int, measure: int, width: int, window: int) -> dict:
+    stream, tokens, prefill = _stream(build(name, width, window), length, measure, window)
     times, sleeping, peak_state = [], [], 0
-    for t in range(length, length + measure):
-        sleeps = stream.sleeps
-        started = time.perf_counter()
-        stream.feed(tokens[:, t : t + 1])
-        elapsed = time.perf_counter() - started
-        (sleeping if stream.sleeps > sleeps else times).append(elapsed)
+    for t in range(measure):
+        elapsed, slept = _feed_one(stream, tokens[:, t : t + 1])
+        (sleeping if slept else times).append(elapsed)
         peak_state = max(peak_state, state_bytes(stream))
     times.sort()
     median = times[len(times) // 2]
@@ -72,6 +88,32 @@ def worker(name: str, length: int, measure: int, width: int, window: int) -> dic
     return {"model": name, "length": length, "wake_ms": 1e3 * median, "p90_ms": 1e3 * times[int(0.9 * len(times))],
             "sleep_ms_per_token": 1e3 * sleep_per_token, "state_mib": peak_state / 2**20,
             "peak_rss_mib": peak_rss_mib(), "prefill_s": prefill, "sleeps": stream.sleeps}
+
+
+@torch.no_grad()
+def paired_worker(name: str, short: int, long: int, measure: int, width: int, window: int) -> dict:
+    """Wake latency at two lengths measured in turns, token by token, in one process (see the docstring)."""
+    model = build(name, width, window)
+    streams = {length: _stream(model, length, measure, window)[:2] for length in (short, long)}
+    times = {short: [], long: []}
+    for t in range(measure):
+        for length in (short, long) if t % 2 == 0 else (long, short):
+            stream, tokens = streams[length]
+            elapsed, slept = _feed_one(stream, tokens[:, t : t + 1])
+            if not slept:
+                times[length].append(elapsed)
+    medians = {length: statistics.median(values) for length, values in times.items()}
+    return {"model": name, "short": short, "long": long, "wake_ms_short": 1e3 * medians[short],
+            "wake_ms_long": 1e3 * medians[long], "paired_ratio": medians[long] / medians[short]}
+
+
+def _run_worker(args, *worker_args: str) -> dict:
+    command = [sys.executable, __file__, *worker_args, "--measure", str(args.measure), "--width", str(args.width),
+               "--window", str(args.window)]
+    if args.threads:
+        command += ["--threads", str(args.threads)]
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -83,21 +125,21 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=512)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--worker", nargs=2, metavar=("MODEL", "LENGTH"), help=argparse.SUPPRESS)
+    parser.add_argument("--paired-worker", nargs=3, metavar=("MODEL", "SHORT", "LONG"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.worker:
         print(json.dumps(worker(args.worker[0], int(args.worker[1]), args.measure, args.width, args.window)))
         return
+    if args.paired_worker:
+        name, short, long = args.paired_worker
+        print(json.dumps(paired_worker(name, int(short), int(long), args.measure, args.width, args.window)))
+        return
     rows = []
     for name in args.models:
         for length in args.lengths:
-            command = [sys.executable, __file__, "--worker", name, str(length), "--measure", str(args.measure),
-                       "--width", str(args.width), "--window", str(args.window)]
-            if args.threads:
-                command += ["--threads", str(args.threads)]
-            result = subprocess.run(command, capture_output=True, text=True, check=True)
-            rows.append(json.loads(result.stdout.strip().splitlines()[-1]))
+            rows.append(_run_worker(args, "--worker", name, str(length)))
             print(f"  {name} at {length}: wake {rows[-1]['wake_ms']:.3f} ms/token, peak RSS {rows[-1]['peak_rss_mib']:.0f} MiB",
                   flush=True)
     print()
@@ -110,6 +152,12 @@ def main() -> None:
         above_4k = [r["peak_rss_mib"] for length, r in mine.items() if length >= 4096]
         if len(above_4k) > 1:
             summary[name]["rss_spread_from_4k"] = max(above_4k) / min(above_4k) - 1
+    if len(args.lengths) > 1:
+        for name in args.models:
+            paired = _run_worker(args, "--paired-worker", name, str(min(args.lengths)), str(max(args.lengths)))
+            summary[name]["paired_ratio"] = paired["paired_ratio"]
+            print(f"  {name}, {paired['short']} and {paired['long']} in turns: {paired['wake_ms_short']:.3f} and "
+                  f"{paired['wake_ms_long']:.3f} ms/token", flush=True)
     print()
     for name, values in summary.items():
         print(f"{name}: " + ", ".join(f"{k} = {v:.3f}" for k, v in values.items()))
