@@ -228,3 +228,12 @@ def test_no_compiler_or_disabled_falls_back_quietly_or_with_a_warning(fresh_nati
         assert native.library() is None
     assert not native.usable(torch.zeros(1))
 
+
+
+@needs_native
+def test_saved_buffers_are_aligned_rows_of_the_sizes_the_library_asks():
+    states_size, u_size = native.saved_sizes(37, 5, 7, 8)  # 5 chunks of 8 tokens, padded to 16 floats
+    assert (states_size, u_size) == (6 * 16 * 16, 5 * 16 * 16)
+    states, u = native.saved_buffers(3, 37, 5, 7, 8)
+    assert states.shape == (3, states_size) and u.shape == (3, u_size)
+    assert all(row.data_ptr() % 64 == 0 for buffer in (states, u) for row in buffer)

@@ -359,9 +359,7 @@ class _NativeChunkGatedDeltaRule(torch.autograd.Function):
         final_state = q.new_empty(batch, heads, key_dim, v.shape[-1])
         saved_states = saved_u = None
         if any(ctx.needs_input_grad[:6]):
-            states_size, u_size = native_library.saved_sizes(time, key_dim, v.shape[-1], length)
-            saved_states = q.new_empty(batch * heads, states_size)
-            saved_u = q.new_empty(batch * heads, u_size)
+            saved_states, saved_u = native_library.saved_buffers(batch * heads, time, key_dim, v.shape[-1], length)
             ctx.save_for_backward(*inputs, saved_states, saved_u)
         ranges = _even_slices(batch * heads, threads) or [slice(0, 0)]  # an empty batch: one empty range
         _map_blocks(lambda pairs: native_library.forward_range(

@@ -139,6 +139,17 @@ def saved_sizes(time: int, key_dim: int, value_dim: int, length: int) -> tuple[i
     return sizes[0], sizes[1]
 
 
+def saved_buffers(pairs: int, time: int, key_dim: int, value_dim: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Empty float32 buffers [pairs, n] for what the forward keeps (states, U), each row 64-byte aligned as
+    the library's vector loads need (torch's CPU allocator aligns to 64 bytes; this does not rely on it)."""
+    buffers = []
+    for size in saved_sizes(time, key_dim, value_dim, length):
+        memory = torch.empty(pairs * size + 16, dtype=torch.float32)
+        skip = (-(memory.data_ptr() // 4)) % 16  # size is a whole number of 16-float vectors
+        buffers.append(memory[skip : skip + pairs * size].view(pairs, size))
+    return buffers[0], buffers[1]
+
+
 def forward_range(inputs, initial_state, final_state, out, scale: float, length: int, pairs: slice,
                   saved_states=None, saved_u=None) -> None:
     """The forward for (batch row, head) pairs `pairs` (row-major over [batch, heads]).
@@ -146,8 +157,7 @@ def forward_range(inputs, initial_state, final_state, out, scale: float, length:
     inputs: float32 (q, k [batch, time, heads, K], v [batch, time, heads, V], g, beta [batch, time, heads]),
     q, k, v with a contiguous last dimension. Writes `out` [batch, time, heads, V] and `final_state`
     [batch, heads, K, V] (contiguous); initial_state is contiguous or None (zeros). `length` is the chunk
-    length. saved_states and saved_u (contiguous [batch · heads, n] with n from `saved_sizes`, or None)
-    receive what `backward_range` needs."""
+    length. saved_states and saved_u (from `saved_buffers`, or None) receive what `backward_range` needs."""
     q, _, v, _, _ = inputs
     _, time, heads, key_dim = q.shape
     _check(library().lmsleep_gdr_forward(
