@@ -1,6 +1,7 @@
 """The native gated delta rule (`csrc/gated_delta_rule.c`, forward and backward): built on first use, then loaded.
 
-The C file is compiled with the machine's C compiler (`$CC`, else `cc` or `gcc` on PATH) for the machine's
+The C file is compiled with the machine's C compiler (`$CC`, else `gcc` or `cc` on PATH; it uses GCC's vector
+extensions, so GCC or a compiler that accepts them) for the machine's
 own CPU (-march=native) into a cache folder (`$LMSLEEP_CACHE_DIR`, else `$XDG_CACHE_HOME/lmsleep` or
 `~/.cache/lmsleep`), under a name that depends on the source, the flags, the compiler and the CPU, so a
 changed file or another machine sharing the folder gets a build of its own. No compiler, a failed build,
@@ -38,7 +39,7 @@ def cache_dir() -> Path:
 
 
 def _compiler() -> str | None:
-    for name in (os.environ.get("CC"), "cc", "gcc"):
+    for name in (os.environ.get("CC"), "gcc", "cc"):
         if name and shutil.which(name):
             return shutil.which(name)
     return None
@@ -89,7 +90,7 @@ def library():
                     raise RuntimeError("disabled by LMSLEEP_NATIVE=0")
                 compiler = _compiler()
                 if compiler is None:
-                    raise RuntimeError("no C compiler found ($CC, cc or gcc)")
+                    raise RuntimeError("no C compiler found ($CC, gcc or cc)")
                 lib = ctypes.CDLL(str(_build(compiler)))
                 pointer, ints = ctypes.c_void_p, ctypes.c_int
                 lib.lmsleep_gdr_forward.argtypes = ([pointer] * 5 + [ctypes.POINTER(ctypes.c_long)] + [pointer] * 3
