@@ -1,4 +1,5 @@
-"""Pure tensor functions: the fast-weight rule (reference + chunked) and windowed attention."""
+"""Pure tensor functions: the fast-weight rule (recurrent reference, chunked torch paths, native C op in
+`native.py`) and windowed attention."""
 from .gated_delta_rule import gated_delta_rule
 from .naive import recurrent_gated_delta_rule
 from .chunk import chunk_gated_delta_rule
