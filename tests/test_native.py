@@ -239,10 +239,11 @@ def test_saved_buffers_are_aligned_rows_of_the_sizes_the_library_asks():
     assert all(row.data_ptr() % 64 == 0 for buffer in (states, u) for row in buffer)
 
 
-def test_default_chunk_keeps_backward_memory_as_the_torch_path():
+def test_default_chunk_sizes():
     from lmsleep.ops.chunk_fast import _default_chunk_size
 
     assert _default_chunk_size(64, native=True, needs_grad=False) == 16
-    assert _default_chunk_size(64, native=True, needs_grad=True) == 32
+    assert _default_chunk_size(64, native=True, needs_grad=True) == 16
+    assert _default_chunk_size(128, native=True, needs_grad=False) == 16
     assert _default_chunk_size(128, native=True, needs_grad=True) == 64
-    assert _default_chunk_size(128, native=False, needs_grad=False) == 64
+    assert _default_chunk_size(64, native=False, needs_grad=True) == 32

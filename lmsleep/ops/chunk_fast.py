@@ -341,7 +341,7 @@ class _ChunkGatedDeltaRule(torch.autograd.Function):
 
 
 NATIVE_SPLIT_MIN_ELEMENTS = 2**15  # below this many values in q, the native forward runs on one thread
-NATIVE_CHUNK_SIZE = 16  # the native forward's default chunk when no gradient is needed (fastest measured)
+NATIVE_CHUNK_SIZE = 16  # the native op's default chunk (see _default_chunk_size)
 
 
 class _NativeChunkGatedDeltaRule(torch.autograd.Function):
@@ -386,12 +386,11 @@ class _NativeChunkGatedDeltaRule(torch.autograd.Function):
 
 
 def _default_chunk_size(key_dim: int, native: bool, needs_grad: bool) -> int:
-    """The native forward alone measured fastest with chunks of 16. When a gradient is needed, the native
-    forward keeps the state entering every chunk (K·V values per chunk), so chunks as long as the torch
-    path's (32 for K ≤ 64, 64 above) keep that memory at K·V/32 or K·V/64 per token, no more than the
-    torch path keeps."""
-    if native and not needs_grad:
-        return NATIVE_CHUNK_SIZE
+    """What measured fastest on 2 cores. The native op: chunks of 16, but 64 for K > 64 when a gradient is
+    needed (as fast there, and the states it keeps for the backward, K·V per chunk, take a quarter of the
+    memory). The torch path: 32 for K ≤ 64, 64 above."""
+    if native:
+        return 64 if needs_grad and key_dim > 64 else NATIVE_CHUNK_SIZE
     return 32 if key_dim <= 64 else 64
 
 
@@ -411,7 +410,7 @@ def fast_chunk_gated_delta_rule(
 
     q, k: [batch, time, heads, K]; v: [batch, time, heads, V]; g, beta: [batch, time, heads];
     initial_state: [batch, heads, K, V] or None (zeros). Returns (out [batch, time, heads, V], final state).
-    chunk_size: None picks 16 for a native forward that needs no gradient, else 32 for K ≤ 64 and 64 above.
+    chunk_size: None picks what measured fastest (`_default_chunk_size`).
     threads: how many blocks of (batch rows, heads) run side by side on threads of their own; None is
     torch.get_num_threads() (so `torch.set_num_threads` governs it), or 1 for small inputs, where starting
     threads costs more than it saves.

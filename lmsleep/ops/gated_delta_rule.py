@@ -80,8 +80,8 @@ def gated_delta_rule(
         output_final_state: also return the state after the last token.
         chunk_size: at most this many tokens are solved together by the chunked path, which cuts the
             sequence into ⌈T / chunk_size⌉ chunks of equal length; any time length works. None picks what
-            is fastest on a CPU: 16 for a native forward that needs no gradient, else 32 for K ≤ 64 and 64
-            above, which also bounds the states kept for the backward (results differ only by rounding).
+            is fastest on a CPU: 16 for the native op (64 for K > 64 with a gradient), 32 for K ≤ 64 and 64
+            above on the torch path (results differ only by rounding).
         reference: run the token-by-token reference instead of the chunked path.
     Returns:
         (out [batch, time, heads, V] in the input dtype, final state [batch, heads, K, V] or None).
