@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lmsleep.ops import fast_chunk_gated_delta_rule, gated_delta_rule, native, recurrent_gated_delta_rule
-from test_op import random_inputs
+from test_op import _forward_and_grads, random_inputs
 
 HAS_COMPILER = native._compiler() is not None
 needs_native = pytest.mark.skipif(not HAS_COMPILER, reason="no C compiler on this machine: the torch path runs instead")
@@ -108,13 +108,6 @@ def _rel(a, b):
     return ((a.double() - b).norm() / max(b.norm().item(), 1.0)).item()
 
 
-def _forward_and_grads(rule, inputs, grad_out, grad_state):
-    leaves = [x for x in inputs if x is not None and x.requires_grad]
-    out, state = rule(*inputs)
-    loss = (out * grad_out).sum() + (state * grad_state).sum()
-    return out, state, torch.autograd.grad(loss, leaves)
-
-
 @needs_native
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("with_state", [False, True], ids=["zero_state", "initial_state"])
@@ -127,12 +120,11 @@ def test_native_matches_reference(time, chunk_size, key_dim, value_dim, with_sta
     inputs = [None if x is None else x.requires_grad_() for x in inputs]
     grad_out, grad_state = torch.randn(2, time, 3, value_dim), torch.randn(2, 3, key_dim, value_dim)
     scale = key_dim**-0.5
-    out, state, grads = _forward_and_grads(
-        lambda *x: fast_chunk_gated_delta_rule(*x[:5], scale, x[5], chunk_size, threads=threads, native=True),
-        inputs, grad_out, grad_state)
+    out, state, grads = _forward_and_grads(fast_chunk_gated_delta_rule, inputs, grad_out, grad_state, scale,
+                                           chunk_size=chunk_size, threads=threads, native=True)
     inputs64 = [None if x is None else x.detach().double().requires_grad_() for x in inputs]
-    out_r, state_r, grads_r = _forward_and_grads(
-        lambda *x: recurrent_gated_delta_rule(*x[:5], scale, x[5]), inputs64, grad_out.double(), grad_state.double())
+    out_r, state_r, grads_r = _forward_and_grads(recurrent_gated_delta_rule, inputs64, grad_out.double(),
+                                                 grad_state.double(), scale)
     assert _rel(out, out_r) < 1e-5 and _rel(state, state_r) < 1e-5
     for name, a, b in zip(["q", "k", "v", "g", "beta", "initial_state"], grads, grads_r):
         assert a.dtype == torch.float32 and a.shape == b.shape

@@ -428,11 +428,10 @@ def fast_chunk_gated_delta_rule(
     if chunk_size is None:  # results differ only by rounding
         chunk_size = _default_chunk_size(q.shape[-1], native, needs_grad=torch.is_grad_enabled() and any(
             x is not None and x.requires_grad for x in tensors))
+    if threads is None:
+        split_min = NATIVE_SPLIT_MIN_ELEMENTS if native else SPLIT_MIN_ELEMENTS
+        threads = torch.get_num_threads() if q.numel() >= split_min else 1
     if native:
-        if threads is None:
-            threads = torch.get_num_threads() if q.numel() >= NATIVE_SPLIT_MIN_ELEMENTS else 1
         _, length = _chunking(q.shape[1], chunk_size)
         return _NativeChunkGatedDeltaRule.apply(q, k, v, g, beta, initial_state, scale, length, threads)
-    if threads is None:
-        threads = torch.get_num_threads() if q.numel() >= SPLIT_MIN_ELEMENTS else 1
     return _ChunkGatedDeltaRule.apply(q, k, v, g, beta, initial_state, scale, chunk_size, threads)

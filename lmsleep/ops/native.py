@@ -1,8 +1,8 @@
 """The native gated delta rule (`csrc/gated_delta_rule.c`, forward and backward): built on first use, then loaded.
 
-The C file is compiled with the machine's C compiler (`$CC`, else `gcc` or `cc` on PATH; it uses GCC's vector
-extensions, so GCC or a compiler that accepts them) for the machine's
-own CPU (-march=native) into a cache folder (`$LMSLEEP_CACHE_DIR`, else `$XDG_CACHE_HOME/lmsleep` or
+The C file is compiled with the machine's C compiler (`$CC`, else `gcc` or `cc` on PATH; it uses GCC's
+vector extensions, so GCC or a compiler that accepts them) for the machine's own CPU (-march=native) into
+a cache folder (`$LMSLEEP_CACHE_DIR`, else `$XDG_CACHE_HOME/lmsleep` or
 `~/.cache/lmsleep`), under a name that depends on the source, the flags, the compiler and the CPU, so a
 changed file or another machine sharing the folder gets a build of its own. No compiler, a failed build,
 or `LMSLEEP_NATIVE=0` in the environment: `library()` returns None (with one warning saying why, except
