@@ -26,7 +26,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from .config import SleepConfig
-from .io import load_model, save_model, write_text
+from .io import config_diff, load_model, save_model, write_text
 from .model import SleepLM
 from .tasks import TASKS, batch, score
 
@@ -61,6 +61,9 @@ class TrainConfig:
     # step s < until uses the first such stage's overrides on top of task_options, later steps task_options
     # alone. Held-out evaluation always uses task_options. Example lengths must not change between stages.
     curriculum: list[dict] | None = None
+    # Fine-tuning: a model directory (a run's checkpoint/, or the run directory holding it) whose weights
+    # start this run. Its architecture must be the run's, except N (sleep_passes). Optimisers start fresh.
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -78,6 +81,8 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.{name} must be positive, got {getattr(self, name)!r}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"TrainConfig.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}")
+        if self.init_from is not None and (not isinstance(self.init_from, str) or not self.init_from):
+            raise ValueError(f"TrainConfig.init_from must be a model directory path, got {self.init_from!r}")
         self.task_options_object()  # validates the task options
         self._check_curriculum()
         model = self.model_config()  # validates the model fields
@@ -186,6 +191,21 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
+def initial_weights(path: str | os.PathLike, config: SleepConfig) -> dict[str, torch.Tensor]:
+    """The weights of the model saved at `path` (a model directory, or a run directory with checkpoint/),
+    checked to fit `config` up to N: a model trained at one N may be fine-tuned at another."""
+    directory = Path(path)
+    if not (directory / "config.json").is_file() and (directory / "checkpoint" / "config.json").is_file():
+        directory = directory / "checkpoint"
+    if not directory.is_dir():
+        raise FileNotFoundError(f"init_from: no model directory at {path}")
+    source = load_model(directory)
+    if source.config.replace(sleep_passes=config.sleep_passes) != config:
+        raise ValueError(f"init_from: the model at {directory} has another architecture than this run's: "
+                         f"{config_diff(source.config.replace(sleep_passes=config.sleep_passes), config)}")
+    return source.state_dict()
+
+
 def flops_per_example(config: SleepConfig, loss_mask: list[int]) -> float:
     """Estimated training FLOPs (forward + backward ≈ 3 × forward) of one example: 2 FLOPs per weight
     per token per pass, with the looped blocks run N times on consolidation windows, plus attention
@@ -226,6 +246,8 @@ class Trainer:
         self.task, self.options = cfg.task_module(), cfg.task_options_object()
         torch.manual_seed(cfg.seed)
         self.model = SleepLM(cfg.model_config())
+        if cfg.init_from and not resume:  # a resumed run takes its weights from its own checkpoint
+            self.model.load_state_dict(initial_weights(cfg.init_from, self.model.config))
         self.optimizers = build_optimizers(self.model, cfg)
         self.schedulers = [
             torch.optim.lr_scheduler.LambdaLR(o, lambda step: lr_factor(step, cfg)) for o in self.optimizers

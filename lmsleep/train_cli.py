@@ -23,6 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="a TrainConfig JSON file (e.g. a run's train.json); flags override it")
     parser.add_argument("--out", required=True, help="run directory")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
+    parser.add_argument("--init-from", metavar="DIR",
+                        help="start from this model's weights (a run's checkpoint/ or run directory); same "
+                             "architecture, any N: fine-tuning at another number of sleep passes")
     parser.add_argument("--task", help="rule110, depo or math")
     parser.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
                         help="a task option, e.g. --opt t_min=3 --opt t_max=3 (see `lmsleep data TASK -h`)")
@@ -50,7 +53,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     data = json.loads(Path(args.config).read_text()) if args.config else {}
     for name in ("task", "steps", "batch_size", "warmup", "eval_every", "eval_size", "log_every", "checkpoint_every",
                  "seed", "lr", "adamw_lr", "weight_decay", "clip", "min_lr_ratio", "optimizer", "eval_passes",
-                 "activation_checkpointing", "tensorboard"):
+                 "activation_checkpointing", "tensorboard", "init_from"):
         if getattr(args, name) is not None:
             data[name] = getattr(args, name)
     options = dict(data.get("task_options", {}))
