@@ -90,6 +90,8 @@ def run_config(sweep: dict, point: dict) -> tuple[str, TrainConfig]:
         for key in ("eval_every", "checkpoint_every", "log_every"):
             if key in config:
                 config[key] = config[key] * passes
+        for stage in config.get("curriculum") or []:  # the data stages stretch with the schedule
+            stage["until"] = stage["until"] * passes
     config["final_eval_passes"] = final_passes
     extras = "-".join(f"{k.split('.')[-1]}{v}" for k, v in point.items() if k not in ("model", "passes", "seed"))
     name = kind if kind in ("full-attention", "sliding-window") else f"{kind}-N{passes}"

@@ -33,6 +33,16 @@ def test_grid_expansion_builds_the_baselines():
     assert len(runs) == 2 * (2 + 2 + 2 + 1 + 1)  # baselines once per seed, whatever N
 
 
+def test_matched_steps_stretches_the_curriculum_with_the_schedule():
+    base = {**TINY["base"], "task": "depo", "task_options": {"k_max": 4}, "steps": 10,
+            "curriculum": [{"until": 4, "task_options": {"k_max": 1}}, {"until": 10, "task_options": {"k_max": 2}}]}
+    runs = dict(expand({**TINY, "base": base, "grid": {"model": ["sleep", "matched-steps"], "passes": [3]}}))
+    assert [s["until"] for s in runs["sleep-N3-s0"].curriculum] == [4, 10]
+    stretched = runs["matched-steps-N3-s0"]
+    assert stretched.steps == 30 and [s["until"] for s in stretched.curriculum] == [12, 30]
+    assert stretched.stage_options(29).k_max == 2 and stretched.stage_options(11).k_max == 1
+
+
 def test_dotted_grid_keys_and_bad_kinds():
     sweep = {**TINY, "grid": {"task_options.t_min": [1, 2], "seed": [0]}}
     names = [name for name, _ in expand(sweep)]
