@@ -34,9 +34,10 @@ def test_grid_expansion_builds_the_baselines():
 
 
 def test_matched_steps_stretches_the_curriculum_with_the_schedule():
-    base = {**TINY["base"], "task": "depo", "task_options": {"k_max": 4}, "steps": 10,
-            "curriculum": [{"until": 4, "task_options": {"k_max": 1}}, {"until": 10, "task_options": {"k_max": 2}}]}
-    runs = dict(expand({**TINY, "base": base, "grid": {"model": ["sleep", "matched-steps"], "passes": [3]}}))
+    stages = [{"until": 4, "task_options": {"k_max": 1}}, {"until": 10, "task_options": {"k_max": 2}}]
+    base = {**TINY["base"], "task": "depo", "task_options": {"k_max": 4}, "steps": 10, "curriculum": stages}
+    grid = {"model": ["sleep", "matched-steps"], "passes": [3]}
+    runs = dict(expand({**TINY, "base": base, "grid": grid}))
     assert [s["until"] for s in runs["sleep-N3-s0"].curriculum] == [4, 10]
     stretched = runs["matched-steps-N3-s0"]
     assert stretched.steps == 30 and [s["until"] for s in stretched.curriculum] == [12, 30]

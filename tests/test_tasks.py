@@ -172,7 +172,8 @@ def test_math_difficulty_is_the_op_count_of_the_dependency_path(ops):
     options = symbolic_math.Options(ops_min=ops, ops_max=ops, distractors=6)
     for example in symbolic_math.generate(options, 25, seed=ops):
         raw = example.raw
-        assert len(symbolic_math.dependency_path(raw)) == raw["ops"] == ops
+        (question,) = raw["questions"]
+        assert len(symbolic_math.dependency_path(raw, question["query"])) == question["ops"] == ops
         assert len(raw["definitions"]) == options.definitions
         assert [example.bucket[i] for i, m in enumerate(example.loss_mask) if m] == [ops]
 
@@ -181,15 +182,39 @@ def test_math_question_first_then_context_then_sep_and_answer():
     options = symbolic_math.Options()
     for example in symbolic_math.generate(options, 10, seed=2):
         text = example.input_text.lstrip("_")
-        assert text.startswith("?" + example.raw["query"] + ";")
+        assert text.startswith("?" + example.raw["questions"][0]["query"] + ";")
         assert example.tokens[-1] == SEP_ID and (len(example) - 1) % options.window == 0
         assert example.loss_mask == [0] * (len(example) - 1) + [1]
-        assert 0 <= example.raw["answer"] < options.modulus
+        assert 0 <= example.raw["questions"][0]["answer"] < options.modulus
+
+
+def test_math_several_questions_each_have_their_own_path_answer_and_bucket():
+    options = symbolic_math.Options(ops_min=1, ops_max=4, distractors=3, modulus=5, window=16, questions=4)
+    assert options.definitions == 19
+    for example in symbolic_math.generate(options, 40, seed=7):
+        raw, questions = example.raw, example.raw["questions"]
+        paths = [symbolic_math.dependency_path(raw, q["query"]) for q in questions]
+        assert [len(p) for p in paths] == [q["ops"] for q in questions]
+        assert sum(len(p) for p in paths) == len(set().union(*paths))  # no variable on two paths
+        assert len(raw["definitions"]) == 19
+        assert example.input_text.lstrip("_").startswith("".join(f"?{q['query']};" for q in questions))
+        # the answers, in question order, each after a SEP and scored with its own op count
+        # input tokens: the last answer is only a target
+        assert len(example) == -(-(3 * 4 + 6 * 19) // 16) * 16 + 2 * 4 - 1
+        assert decode(example.tokens[-7::2]) == "||||"
+        assert example.target_text == " ".join(str(q["answer"]) for q in questions)
+        assert [example.bucket[i] for i, m in enumerate(example.loss_mask) if m] == [q["ops"] for q in questions]
+        assert [a for a in example.answer_id if a >= 0] == [0, 1, 2, 3]
+
+
+def test_math_one_question_is_the_original_layout():
+    one = symbolic_math.generate(symbolic_math.Options(), 3, seed=1)
+    assert all(e.loss_mask == [0] * (len(e) - 1) + [1] for e in one)
 
 
 def test_math_ops_range_covers_all_buckets():
     examples = symbolic_math.generate(symbolic_math.Options(ops_min=1, ops_max=8), 200, seed=0)
-    assert {example.raw["ops"] for example in examples} == set(range(1, 9))
+    assert {example.raw["questions"][0]["ops"] for example in examples} == set(range(1, 9))
 
 
 # Bad options
@@ -253,7 +278,7 @@ def test_cli_prints_json_lines(data_only_cli, capsys, argv):
     if argv[0] == "rule110":
         assert first["raw"]["t"] == 4 and len(first["raw"]["strings"]) == 3
     if argv[0] == "math":
-        assert first["raw"]["ops"] == 3
+        assert [q["ops"] for q in first["raw"]["questions"]] == [3]
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -280,8 +305,8 @@ def test_math_answers_are_uniform_at_every_op_count():
     examples = symbolic_math.generate(options, 2800, seed=3)
     counts = {}
     for example in examples:
-        raw = example.raw
-        assert symbolic_math.solve(raw) == [str(raw["answer"])]
-        counts[raw["answer"]] = counts.get(raw["answer"], 0) + 1
+        (question,) = example.raw["questions"]
+        assert symbolic_math.solve(example.raw) == [str(question["answer"])]
+        counts[question["answer"]] = counts.get(question["answer"], 0) + 1
     assert sorted(counts) == list(range(7))
     assert max(counts.values()) < 1.2 * 400 and min(counts.values()) > 0.8 * 400

@@ -9,11 +9,15 @@ with PAD to whole windows, then SEP and the answer (the value of q mod p, one di
 
 Difficulty (bucket) = the number of operations on the answer's dependency path: the definitions q
 depends on, itself included (above: q, d, a, b, so 4). The other definitions are distractors; they may
-read path variables (e = 5 + q) but nothing on the path reads them. Every example has
-ops_max + distractors definitions (easier examples get more distractors), so T is fixed:
-T = ceil((3 + 6 * definitions) / window) * window + 1. One loss position, the SEP.
-Raw: {"modulus", "query", "answer", "ops", "definitions": [[var, op, left, right], ...] as written},
-operands being variable names (str) or constants (int).
+read path variables (e = 5 + q) but nothing on the path reads them.
+
+With `questions` = m > 1, all m questions come first ("?q;?r;"), each with a dependency path of its own
+(paths share no variable), and the end holds m answers in question order ("|1|4"): m scored answers per
+example instead of one, for the same context. Every example has m·ops_max + distractors definitions
+(easier examples get more distractors), so the number of input tokens is fixed:
+T = ceil((3m + 6·definitions) / window)·window + 2m − 1.
+Raw: {"modulus", "questions": [{"query", "answer", "ops"}, ...] in order, "definitions": [[var, op, left,
+right], ...] as written}, operands being variable names (str) or constants (int).
 """
 from __future__ import annotations
 
@@ -30,19 +34,21 @@ PRIMES = (2, 3, 5, 7)  # values stay single digit tokens
 
 @dataclass(frozen=True)
 class Options:
-    """ops drawn from [ops_min, ops_max]; distractors: at least this many off-path definitions;
-    modulus: p; window: L."""
+    """ops drawn from [ops_min, ops_max] per question; distractors: at least this many off-path definitions;
+    modulus: p; window: L; questions: m, asked together before the context."""
 
     ops_min: int = 1
     ops_max: int = 8
     distractors: int = 4
     modulus: int = 7
     window: int = 32
+    questions: int = 1
 
     def __post_init__(self) -> None:
-        check_range("math.Options", "ops_min", self.ops_min, 1, len(LETTERS))
-        check_range("math.Options", "ops_max", self.ops_max, self.ops_min, len(LETTERS))
-        check_range("math.Options", "distractors", self.distractors, 0, len(LETTERS) - self.ops_max)
+        check_range("math.Options", "questions", self.questions, 1, len(LETTERS))
+        check_range("math.Options", "ops_min", self.ops_min, 1, len(LETTERS) // self.questions)
+        check_range("math.Options", "ops_max", self.ops_max, self.ops_min, len(LETTERS) // self.questions)
+        check_range("math.Options", "distractors", self.distractors, 0, len(LETTERS) - self.questions * self.ops_max)
         if self.modulus not in PRIMES:
             raise ValueError(f"math.Options.modulus must be one of {PRIMES}, got {self.modulus!r}")
         check_range("math.Options", "window", self.window, 1)
@@ -50,7 +56,7 @@ class Options:
     @property
     def definitions(self) -> int:
         """Definitions per example (one variable name each, so at most 26)."""
-        return self.ops_max + self.distractors
+        return self.questions * self.ops_max + self.distractors
 
 
 def generate(options: Options, n: int, seed: int) -> list[Example]:
@@ -59,24 +65,31 @@ def generate(options: Options, n: int, seed: int) -> list[Example]:
     rng = random.Random(seed)
     examples = []
     for _ in range(n):
-        ops = rng.randint(options.ops_min, options.ops_max)
-        # The answer is drawn first and the path redrawn until it gives that answer: left alone, products
-        # with a zero would make 0 far likelier than the other values, a prior a model learns at once.
-        answer = rng.randrange(options.modulus)
-        while True:
-            names = rng.sample(LETTERS, options.definitions)
-            values: dict[str, int] = {}
-            definitions = _answer_path(ops, names[:ops], values, options.modulus, rng)
-            query = definitions[-1][0]
-            if values[query] == answer:
-                break
-        definitions += _distractors(names[ops:], values, options.modulus, rng)
+        unused, definitions, values, questions = list(LETTERS), [], {}, []
+        count = options.definitions  # names still to hand out: the remaining paths' and the distractors'
+        for _ in range(options.questions):
+            ops = rng.randint(options.ops_min, options.ops_max)
+            answer = rng.randrange(options.modulus)
+            # The answer is drawn first and the path redrawn until it gives that answer: left alone, products
+            # with a zero would make 0 far likelier than the other values, a prior a model learns at once.
+            while True:
+                names = rng.sample(unused, count)
+                path_values: dict[str, int] = {}
+                path = _answer_path(ops, names[:ops], path_values, options.modulus, rng)
+                if path_values[path[-1][0]] == answer:
+                    break
+            unused, count = names[ops:], count - ops  # the next path shares no variable with this one
+            definitions += path
+            values.update(path_values)
+            questions.append({"query": path[-1][0], "answer": answer, "ops": ops})
+        definitions += _distractors(unused, values, options.modulus, rng)
         rng.shuffle(definitions)
-        question = f"?{query};"
+        question = "".join(f"?{q['query']};" for q in questions)
         context = "".join(f"{var}={left}{op}{right};" for var, op, left, right in definitions)
-        raw = {"modulus": options.modulus, "query": query, "answer": answer, "ops": ops,
-               "definitions": definitions}
-        pieces = [left_pad(question + context, options.window), SEP, Answer(str(answer), bucket=ops)]
+        raw = {"modulus": options.modulus, "questions": questions, "definitions": definitions}
+        pieces = [left_pad(question + context, options.window)]
+        for q in questions:
+            pieces += [SEP, Answer(str(q["answer"]), bucket=q["ops"])]
         examples.append(make_example(pieces, raw))
     return examples
 
@@ -126,10 +139,10 @@ def _define(var: str, op: str, left, right, values: dict, modulus: int) -> list:
 _APPLY = {"+": operator.add, "-": operator.sub, "*": operator.mul}
 
 
-def dependency_path(raw: dict) -> set[str]:
-    """The variables the query depends on, itself included; their count is the op count."""
+def dependency_path(raw: dict, query: str) -> set[str]:
+    """The variables `query` depends on, itself included; their count is its op count."""
     definition = {var: (left, right) for var, _, left, right in raw["definitions"]}
-    path, frontier = set(), [raw["query"]]
+    path, frontier = set(), [query]
     while frontier:
         var = frontier.pop()
         if var not in path:
@@ -139,15 +152,15 @@ def dependency_path(raw: dict) -> set[str]:
 
 
 def solve(raw: dict) -> list[str]:
-    """The query's value mod p, as one answer string: evaluate every definition whose operands are
-    known, sweep after sweep, until the query is known."""
+    """Each question's value mod p, one answer string per question: evaluate every definition whose
+    operands are known, sweep after sweep, until nothing is left."""
     known: dict[str, int] = {}
     pending = list(raw["definitions"])
-    while raw["query"] not in known:
+    while pending:
         ready = [d for d in pending if all(isinstance(x, int) or x in known for x in d[2:])]
         assert ready, "the definitions have a cycle or an undefined variable"
         for var, op, left, right in ready:
             operand = [known[x] if isinstance(x, str) else x for x in (left, right)]
             known[var] = _APPLY[op](*operand) % raw["modulus"]
         pending = [d for d in pending if d[0] not in known]
-    return [str(known[raw["query"]])]
+    return [str(known[q["query"]]) for q in raw["questions"]]
