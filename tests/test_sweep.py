@@ -90,3 +90,17 @@ def test_sweep_errors(tmp_path):
     bad.write_text("{}")
     assert main(["sweep", str(bad)]) == 2
     assert main(["report", str(tmp_path / "nothing")]) == 2
+
+
+def test_every_recorded_sweep_file_is_still_valid():
+    """results/ cites these files with their commands: each must still expand into valid run configs."""
+    from pathlib import Path
+
+    files = sorted((Path(__file__).parent.parent / "experiments").glob("*.json"))
+    assert len(files) >= 10
+    for path in files:
+        runs = expand(load_sweep(str(path)))
+        assert runs, path
+        for _, cfg in runs:
+            if cfg.init_from:
+                assert (path.parent.parent / cfg.init_from / "model.safetensors").is_file(), path
