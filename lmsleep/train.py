@@ -200,9 +200,10 @@ def initial_weights(path: str | os.PathLike, config: SleepConfig) -> dict[str, t
     if not directory.is_dir():
         raise FileNotFoundError(f"init_from: no model directory at {path}")
     source = load_model(directory)
-    if source.config.replace(sleep_passes=config.sleep_passes) != config:
+    at_this_n = source.config.replace(sleep_passes=config.sleep_passes)
+    if at_this_n != config:
         raise ValueError(f"init_from: the model at {directory} has another architecture than this run's: "
-                         f"{config_diff(source.config.replace(sleep_passes=config.sleep_passes), config)}")
+                         f"{config_diff(at_this_n, config)}")
     return source.state_dict()
 
 
