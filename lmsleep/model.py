@@ -18,8 +18,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from . import validate
+from .blocks import build_block
 from .config import SleepConfig
-from .layers import Block, BlockMemory, RMSNorm
+from .layers import BlockMemory, RMSNorm
 
 Memory = list[BlockMemory]
 
@@ -29,7 +31,7 @@ class SleepLM(nn.Module):
         super().__init__()
         self.config = config
         self.embed = nn.Embedding(config.vocab_size, config.d_model)
-        self.blocks = nn.ModuleList(Block(kind, config) for kind in config.layout)
+        self.blocks = nn.ModuleList(build_block(letter, config) for letter in config.layout)
         self.norm = RMSNorm(config.d_model, config.norm_eps)
         self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         self.apply(self._init_weights)
@@ -169,8 +171,37 @@ class SleepLM(nn.Module):
     def _check_passes(self, passes: int | None) -> int:
         if passes is None:
             return self.config.sleep_passes
-        if not isinstance(passes, int) or isinstance(passes, bool) or passes < 1:
-            raise ValueError(f"passes must be a positive integer, got {passes!r}")
+        validate.positive_int("passes", passes)
         if passes != 1 and self.config.eviction == "none":
             raise ValueError("passes must be 1 for a model with eviction='none' (it never sleeps)")
         return passes
+
+    # ----- accounting (the model's own, as in nanoGPT / nanochat) -----
+
+    def optimizer_groups(self) -> dict[str, list[nn.Parameter]]:
+        """{"muon": the blocks' hidden matrices, "adamw": everything else}: embeddings, the head, norms,
+        conv kernels, A_log / dt_bias, and parameters a layer tagged `optimizer_group = "adamw"` (the
+        per-head decay and write-strength gates). Each list keeps the order of `parameters()`."""
+        in_blocks = {id(p) for p in self.blocks.parameters()}
+        groups: dict[str, list[nn.Parameter]] = {"muon": [], "adamw": []}
+        for p in self.parameters():
+            hidden_matrix = id(p) in in_blocks and p.dim() == 2
+            groups[getattr(p, "optimizer_group", "muon" if hidden_matrix else "adamw")].append(p)
+        return groups
+
+    def estimate_flops(self, loss_mask: list[int]) -> float:
+        """Estimated training FLOPs (forward + backward ≈ 3 × forward) of one example with this loss mask
+        (its length is the example's): 2 FLOPs per matrix weight per token per pass (the blocks' and the
+        head's linear layers), the looped blocks run N times on consolidation windows (mask zero), plus
+        each mixer's own per-token work (attention: 4·context·width, context = the window's length)."""
+        matrices = [sum(m.weight.numel() for m in block.modules() if isinstance(m, nn.Linear)) for block in self.blocks]
+        length = self.window_length(len(loss_mask))
+        total = 0.0
+        for start in range(0, len(loss_mask), length):
+            chunk = loss_mask[start : start + length]
+            passes = self.config.sleep_passes if not any(chunk) else 1
+            for i, block in enumerate(self.blocks):
+                runs = passes if i in self.looped else 1
+                total += runs * len(chunk) * (2 * matrices[i] + block.mixer.extra_flops_per_token(len(chunk)))
+            total += len(chunk) * 2 * self.head.weight.numel()
+        return 3 * total

@@ -13,10 +13,10 @@ import json
 
 import torch
 
+from . import validate
+from .config import SleepConfig
 from .io import config_diff, load_tensors, save_tensors
 from .model import SleepLM
-from .config import SleepConfig
-from .layers import AttentionMemory, FastWeightMemory
 
 FORMAT = "lmsleep-memory"
 VERSION = "1"
@@ -24,8 +24,7 @@ VERSION = "1"
 
 class SleepStream:
     def __init__(self, model: SleepLM, batch_size: int = 1, passes: int | None = None):
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        validate.positive_int("batch_size", batch_size)
         self.model = model
         self.batch_size = batch_size
         self.passes = model._check_passes(passes)
@@ -86,8 +85,7 @@ class SleepStream:
     @torch.no_grad()
     def generate(self, prompt: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
         """Greedy generation: feed the prompt, then feed back the argmax token `max_new_tokens` times."""
-        if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
+        validate.non_negative_int("max_new_tokens", max_new_tokens)
         logits = self.feed(prompt)
         if logits.shape[1] == 0:
             raise ValueError("generate needs a prompt of at least one token")
@@ -155,8 +153,7 @@ class SleepStream:
     def _block_memory(model: SleepLM, index: int, prefix: str, tensors: dict):
         head = f"{prefix}.{index}."
         own = {name[len(head):]: tensors.pop(name) for name in list(tensors) if name.startswith(head)}
-        kind = AttentionMemory if model.config.layout[index] == "A" else FastWeightMemory
         try:
-            return kind.from_tensors(own)
+            return model.blocks[index].memory_type.from_tensors(own)
         except TypeError as error:
             raise ValueError(f"memory state entry {head}* does not fit block {index}: {error}") from None

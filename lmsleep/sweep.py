@@ -24,9 +24,13 @@ import sys
 import time
 from pathlib import Path
 
+from . import validate
+from .config import MODEL_KINDS, model_fields
 from .train import TrainConfig, Trainer
 
-MODEL_KINDS = ("sleep", "full-attention", "sliding-window", "matched-blocks", "matched-steps")
+# The model kinds, plus one kind of training: "matched-steps", an N = 1 sleep model trained `passes`× the steps.
+SWEEP_KINDS = (*MODEL_KINDS, "matched-steps")
+BASELINES = ("full-attention", "sliding-window")  # they do not loop: one run whatever N
 
 QUICK = {  # the built-in default: the README's main job
     "name": "rule110-quick",
@@ -51,52 +55,63 @@ def load_sweep(path: str | None) -> dict:
         raise FileNotFoundError(f"sweep file not found: {path}") from None
     except json.JSONDecodeError as error:
         raise ValueError(f"sweep file {path} is not valid JSON: {error}") from None
+    check_sweep(sweep, f"sweep file {path}")
+    return sweep
+
+
+def check_sweep(sweep, what: str) -> None:
+    """The shape of a sweep (its runs' values are checked by TrainConfig when the grid is expanded)."""
+    if not isinstance(sweep, dict):
+        raise validate.WrongType(f"{what} must be a JSON object, got {type(sweep).__name__}")
+    unknown = sorted(set(sweep) - {"name", "base", "grid", "final_eval_passes", "description"})
+    if unknown:
+        raise ValueError(f"{what} has unknown fields {unknown}; known: name, base, grid, final_eval_passes, description")
     for key in ("base", "grid"):
         if not isinstance(sweep.get(key), dict):
-            raise ValueError(f"sweep file {path} needs an object {key!r}")
-    return sweep
+            raise ValueError(f"{what} needs an object {key!r}")
+    if not isinstance(sweep.get("name", ""), str):
+        raise validate.WrongType(f"{what}: name must be a string, got {sweep['name']!r}")
+    if sweep.get("final_eval_passes") is not None:
+        validate.int_list(f"{what}: final_eval_passes", sweep["final_eval_passes"])
 
 
 def _set(config: dict, dotted: str, value) -> None:
     *parents, leaf = dotted.split(".")
     for name in parents:
         config = config.setdefault(name, {})
+        if not isinstance(config, dict):
+            raise validate.WrongType(f"sweep grid key {dotted!r}: {name} is not an object")
     config[leaf] = value
 
 
 def run_config(sweep: dict, point: dict) -> tuple[str, TrainConfig]:
     """The name and TrainConfig of one grid point."""
     config = copy.deepcopy(sweep["base"])
-    kind = point.get("model", "sleep")
-    if kind not in MODEL_KINDS:
-        raise ValueError(f"sweep grid model must be one of {MODEL_KINDS}, got {kind!r}")
-    passes = point.get("passes", 1)
+    kind = validate.one_of("sweep grid model", point.get("model", "sleep"), SWEEP_KINDS)
+    passes = validate.positive_int("sweep grid passes", point.get("passes", 1))
     for key, value in point.items():
         if key not in ("model", "passes"):
             _set(config, key, value)
-    model = config.setdefault("model", {})
-    layout = model.get("layout", "AGAG")
-    final_passes = sweep.get("final_eval_passes")
-    if kind == "sleep":
-        model["sleep_passes"] = passes
-    elif kind in ("full-attention", "sliding-window"):
-        model.update(layout="A" * len(layout), sleep_passes=1, eviction="none" if kind == "full-attention" else "sliding")
-        final_passes = None
-    elif kind == "matched-blocks":
-        model.update(layout=layout * passes, sleep_passes=1)
-    else:  # matched-steps
-        model["sleep_passes"] = 1
-        config["steps"] = config.get("steps", TrainConfig().steps) * passes
+    if not isinstance(config.get("model", {}), dict):
+        raise validate.WrongType(f"sweep base model must be an object of SleepConfig fields, got {config['model']!r}")
+    final_passes = None if kind in BASELINES else sweep.get("final_eval_passes")
+    if kind == "matched-steps":
+        config["model"] = model_fields("sleep", config.get("model", {}), passes=1)
+        steps = validate.positive_int("sweep base steps", config.get("steps", TrainConfig().steps))
+        config["steps"] = steps * passes
         for key in ("eval_every", "checkpoint_every", "log_every"):
             if key in config:
-                config[key] = config[key] * passes
+                config[key] = validate.positive_int(f"sweep base {key}", config[key]) * passes
         for stage in config.get("curriculum") or []:  # the data stages stretch with the schedule
-            stage["until"] = stage["until"] * passes
+            if isinstance(stage, dict) and isinstance(stage.get("until"), int):  # TrainConfig checks the rest
+                stage["until"] = stage["until"] * passes
+    else:
+        config["model"] = model_fields(kind, config.get("model", {}), passes)
     config["final_eval_passes"] = final_passes
     extras = "-".join(f"{k.split('.')[-1]}{v}" for k, v in point.items() if k not in ("model", "passes", "seed"))
-    name = kind if kind in ("full-attention", "sliding-window") else f"{kind}-N{passes}"
+    name = kind if kind in BASELINES else f"{kind}-N{passes}"
     name = "-".join(part for part in (name, extras, f"s{point.get('seed', 0)}") if part)
-    return name, TrainConfig(**config)
+    return name, validate.from_dict(TrainConfig, config, f"sweep run {name}")
 
 
 def expand(sweep: dict) -> list[tuple[str, TrainConfig]]:
@@ -105,7 +120,7 @@ def expand(sweep: dict) -> list[tuple[str, TrainConfig]]:
     runs, seen = [], set()
     for values in itertools.product(*(grid[k] if isinstance(grid[k], list) else [grid[k]] for k in keys)):
         point = dict(zip(keys, values))
-        if point.get("model") in ("full-attention", "sliding-window"):
+        if point.get("model") in BASELINES:
             point["passes"] = 1  # baselines do not loop: one run, whatever N
         name, cfg = run_config(sweep, point)
         if name not in seen:

@@ -18,13 +18,14 @@ import os
 import shutil
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from . import validate
 from .config import SleepConfig
 from .io import config_diff, load_model, save_model, write_text
 from .model import SleepLM
@@ -66,30 +67,24 @@ class TrainConfig:
     init_from: str | None = None
 
     def __post_init__(self) -> None:
-        if self.task not in TASKS:
-            raise ValueError(f"TrainConfig.task must be one of {sorted(TASKS)}, got {self.task!r}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"TrainConfig.optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        validate.check_types(self)
+        validate.one_of("TrainConfig.task", self.task, sorted(TASKS))
+        validate.one_of("TrainConfig.optimizer", self.optimizer, OPTIMIZERS)
         for name in ("steps", "batch_size", "eval_every", "eval_size", "log_every", "checkpoint_every"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"TrainConfig.{name} must be a positive integer, got {value!r}")
-        if not isinstance(self.warmup, int) or self.warmup < 0:
-            raise ValueError(f"TrainConfig.warmup must be a non-negative integer, got {self.warmup!r}")
+            validate.positive_int(f"TrainConfig.{name}", getattr(self, name))
+        validate.non_negative_int("TrainConfig.warmup", self.warmup)
+        validate.integer("TrainConfig.seed", self.seed)
         for name in ("lr", "adamw_lr", "clip"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"TrainConfig.{name} must be positive, got {getattr(self, name)!r}")
-        if not 0 <= self.min_lr_ratio <= 1:
-            raise ValueError(f"TrainConfig.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}")
-        if self.init_from is not None and (not isinstance(self.init_from, str) or not self.init_from):
+            validate.positive_number(f"TrainConfig.{name}", getattr(self, name))
+        validate.number("TrainConfig.weight_decay", self.weight_decay, 0)
+        validate.number("TrainConfig.min_lr_ratio", self.min_lr_ratio, 0, 1)
+        if self.init_from is not None and not self.init_from:
             raise ValueError(f"TrainConfig.init_from must be a model directory path, got {self.init_from!r}")
         self.task_options_object()  # validates the task options
         self._check_curriculum()
         model = self.model_config()  # validates the model fields
         for name in ("eval_passes", "final_eval_passes"):
-            passes = getattr(self, name) or []
-            if any(not isinstance(n, int) or n < 1 for n in passes):
-                raise ValueError(f"TrainConfig.{name} must be positive integers, got {passes!r}")
+            passes = validate.int_list(f"TrainConfig.{name}", getattr(self, name) or [], low=1)
             if model.eviction == "none" and any(n != 1 for n in passes):
                 raise ValueError(f"TrainConfig.{name}: a model with eviction='none' only runs at N = 1")
 
@@ -99,26 +94,18 @@ class TrainConfig:
     def _check_curriculum(self) -> None:
         if self.curriculum is None:
             return
-        if not isinstance(self.curriculum, list):
-            raise ValueError(f"TrainConfig.curriculum must be a list of stages, got {self.curriculum!r}")
         base = self.task_module().generate(self.task_options_object(), 1, 0)[0]
         previous = 0
         for i, stage in enumerate(self.curriculum):
-            if not isinstance(stage, dict) or set(stage) != {"until", "task_options"}:
+            if not isinstance(stage, dict) or set(stage) != {"until", "task_options"} or not isinstance(
+                    stage["task_options"], dict):
                 raise ValueError(
                     f"TrainConfig.curriculum[{i}] must be {{'until': step, 'task_options': {{...}}}}, got {stage!r}"
                 )
-            until = stage["until"]
-            if not isinstance(until, int) or isinstance(until, bool) or not previous < until <= self.steps:
-                raise ValueError(
-                    f"TrainConfig.curriculum[{i}].until must be an integer in ({previous}, {self.steps}] "
-                    f"(increasing, at most steps), got {until!r}"
-                )
+            until = validate.integer(f"TrainConfig.curriculum[{i}].until (increasing, at most steps)",
+                                     stage["until"], previous + 1, self.steps)
             previous = until
-            try:
-                options = self.stage_options(until - 1)
-            except TypeError as error:  # an option the task does not have
-                raise ValueError(f"TrainConfig.curriculum[{i}].task_options: {error}") from None
+            options = self._options({**self.task_options, **stage["task_options"]}, f"TrainConfig.curriculum[{i}].task_options")
             example = self.task_module().generate(options, 1, 0)[0]
             if len(example) != len(base) or sum(example.loss_mask) != sum(base.loss_mask):
                 raise ValueError(
@@ -131,28 +118,27 @@ class TrainConfig:
         """The task options of training step `step` (0-based): its curriculum stage's, else task_options."""
         for stage in self.curriculum or []:
             if step < stage["until"]:
-                return self.task_module().Options(**{**self.task_options, **stage["task_options"]})
+                return self._options({**self.task_options, **stage["task_options"]}, "task options")
         return self.task_options_object()
 
     def task_options_object(self):
-        return self.task_module().Options(**self.task_options)
+        return self._options(self.task_options, "TrainConfig.task_options")
+
+    def _options(self, values: dict, what: str):
+        return validate.from_dict(self.task_module().Options, values, f"{what} of task {self.task!r}")
 
     def model_config(self) -> SleepConfig:
         from .tasks import VOCAB_SIZE
 
         fields_ = {"vocab_size": VOCAB_SIZE, "window": self.task_options_object().window, **self.model}
-        return SleepConfig(**fields_)
+        return validate.from_dict(SleepConfig, fields_, "TrainConfig.model")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "TrainConfig":
-        data = json.loads(text)
-        unknown = sorted(set(data) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(f"train config has unknown fields {unknown}")
-        return cls(**data)
+    def from_json(cls, text: str, what: str = "train config") -> "TrainConfig":
+        return validate.from_json(cls, text, what)
 
 
 def batch_seed(seed: int, step: int) -> int:
@@ -160,26 +146,13 @@ def batch_seed(seed: int, step: int) -> int:
     return (seed * 1_000_003 + step) % (2**31 - 2)
 
 
-def parameter_groups(model: SleepLM) -> tuple[list, list]:
-    """(Muon params, AdamW params): Muon takes the blocks' 2-D projection matrices; the decay and
-    write-strength gates, norms, conv kernels, A_log/dt_bias, embeddings and head go to AdamW."""
-    muon, adamw = [], []
-    for name, p in model.named_parameters():
-        is_gate = name.endswith(("decay_input.weight", "write_input.weight"))
-        if name.startswith("blocks.") and p.dim() == 2 and not is_gate:
-            muon.append(p)
-        else:
-            adamw.append(p)
-    return muon, adamw
-
-
 def build_optimizers(model: SleepLM, cfg: TrainConfig) -> list[torch.optim.Optimizer]:
     if cfg.optimizer == "adamw":
         return [torch.optim.AdamW(model.parameters(), lr=cfg.adamw_lr, weight_decay=cfg.weight_decay)]
-    muon, adamw = parameter_groups(model)
+    groups = model.optimizer_groups()
     return [
-        torch.optim.Muon(muon, lr=cfg.lr, weight_decay=cfg.weight_decay),
-        torch.optim.AdamW(adamw, lr=cfg.adamw_lr, weight_decay=cfg.weight_decay),
+        torch.optim.Muon(groups["muon"], lr=cfg.lr, weight_decay=cfg.weight_decay),
+        torch.optim.AdamW(groups["adamw"], lr=cfg.adamw_lr, weight_decay=cfg.weight_decay),
     ]
 
 
@@ -207,34 +180,6 @@ def initial_weights(path: str | os.PathLike, config: SleepConfig) -> dict[str, t
     return source.state_dict()
 
 
-def flops_per_example(config: SleepConfig, loss_mask: list[int]) -> float:
-    """Estimated training FLOPs (forward + backward ≈ 3 × forward) of one example: 2 FLOPs per weight
-    per token per pass, with the looped blocks run N times on consolidation windows, plus attention
-    scores (2·L·head_width per token per attention block and pass, a window average)."""
-    per_block = _block_weights(config)
-    looped = range(config.loop_start, config.resolved_loop_end)
-    length = len(loss_mask) if config.eviction == "none" else config.window
-    total = 0.0
-    for start in range(0, len(loss_mask), length):
-        chunk = loss_mask[start : start + length]
-        passes = config.sleep_passes if not any(chunk) else 1
-        for i, kind in enumerate(config.layout):
-            runs = passes if i in looped else 1
-            attention = 2 * len(chunk) * config.n_heads * config.head_dim if kind == "A" else 0
-            total += runs * len(chunk) * (2 * per_block[kind] + 2 * attention)
-        total += len(chunk) * 2 * config.d_model * config.vocab_size
-    return 3 * total
-
-
-def _block_weights(config: SleepConfig) -> dict[str, int]:
-    d = config.d_model
-    mlp = 3 * d * config.mlp_hidden
-    attention = 4 * d * config.n_heads * config.head_dim
-    heads, k, v = config.n_fast_heads, config.fast_key_dim, config.fast_value_dim
-    fast = d * (2 * heads * k + heads * v) + 2 * d * heads + d * heads * v + heads * v * d
-    return {"A": attention + mlp, "G": fast + mlp}
-
-
 class Trainer:
     """Runs one training job in `out_dir`; `run()` returns the list of logged metric records."""
 
@@ -258,7 +203,7 @@ class Trainer:
         held_out = self.task.generate(self.options, cfg.eval_size, EVAL_SEED)
         self.eval_batch = batch(held_out)
         example = held_out[0]  # every example of a task has the same layout
-        self.flops_per_example = flops_per_example(self.model.config, example.loss_mask)
+        self.flops_per_example = self.model.estimate_flops(example.loss_mask)
         self.tokens_per_example = len(example)
         if resume:
             self._resume()

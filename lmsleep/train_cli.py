@@ -8,7 +8,11 @@ import argparse
 import json
 from pathlib import Path
 
+from . import validate
+from .config import MODEL_KINDS, model_fields
 from .train import TrainConfig, Trainer
+
+HELP = "train a model on a task (Muon + AdamW, checkpoints, --resume, torchrun)"
 
 MODEL_FLAGS = {  # flag -> SleepConfig field
     "layout": "layout", "d_model": "d_model", "n_heads": "n_heads", "head_dim": "head_dim",
@@ -16,7 +20,6 @@ MODEL_FLAGS = {  # flag -> SleepConfig field
     "mlp_hidden": "mlp_hidden", "window": "window", "passes": "sleep_passes", "eviction": "eviction",
     "loop_start": "loop_start", "loop_end": "loop_end",
 }
-MODEL_KINDS = ("sleep", "full-attention", "sliding-window")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,8 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stage", action="append", default=[], metavar="UNTIL:KEY=VALUE[,KEY=VALUE]",
                         help="a curriculum stage: task options for training steps before UNTIL, e.g. "
                              "--stage 500:k_max=1 --stage 1000:k_max=2 (held-out evaluation keeps --opt's)")
-    parser.add_argument("--model", choices=MODEL_KINDS, default=None,
-                        help="sleep hybrid (default), or a transformer baseline of the same width and depth")
+    parser.add_argument("--model", choices=list(MODEL_KINDS), default=None,
+                        help="; ".join(f"{kind}: {text}" for kind, text in MODEL_KINDS.items()) + " (default sleep)")
     for flag in MODEL_FLAGS:
         kind = str if flag in ("layout", "eviction") else int
         parser.add_argument("--" + flag.replace("_", "-"), type=kind, default=None)
@@ -50,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    data = json.loads(Path(args.config).read_text()) if args.config else {}
+    data = _config_file(args.config) if args.config else {}
     for name in ("task", "steps", "batch_size", "warmup", "eval_every", "eval_size", "log_every", "checkpoint_every",
                  "seed", "lr", "adamw_lr", "weight_decay", "clip", "min_lr_ratio", "optimizer", "eval_passes",
                  "activation_checkpointing", "tensorboard", "init_from"):
@@ -59,9 +62,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     options = dict(data.get("task_options", {}))
     for item in args.opt:
         key, sep, value = item.partition("=")
-        if not sep:
+        if not sep or not key:
             raise ValueError(f"--opt expects KEY=VALUE, got {item!r}")
-        options[key] = int(value)
+        options[key] = validate.parse_int(f"--opt {key}", value)
     data["task_options"] = options
     if args.stage:
         data["curriculum"] = [_parse_stage(item) for item in args.stage]
@@ -69,12 +72,23 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     for flag, name in MODEL_FLAGS.items():
         if getattr(args, flag) is not None:
             model[name] = getattr(args, flag)
-    if args.model == "full-attention":
-        model.update(layout="A" * len(model.get("layout", "AGAG")), eviction="none", sleep_passes=1)
-    elif args.model == "sliding-window":
-        model.update(layout="A" * len(model.get("layout", "AGAG")), eviction="sliding", sleep_passes=1)
-    data["model"] = model
-    return TrainConfig(**data)
+    data["model"] = model_fields(args.model, model) if args.model else model
+    return validate.from_dict(TrainConfig, data, f"train config {args.config}" if args.config else "train config")
+
+
+def _config_file(path: str) -> dict:
+    """The fields of a TrainConfig JSON file (checked when the TrainConfig is built with the flags)."""
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"--config: file not found: {path}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"--config {path} is not valid JSON: {error}") from None
+    if not isinstance(data, dict):
+        raise validate.WrongType(f"--config {path} must hold a JSON object of TrainConfig fields")
+    return data
 
 
 def _parse_stage(item: str) -> dict:

@@ -5,11 +5,10 @@ import torch.nn.functional as F
 from lmsleep.layers import GatedDeltaNet
 from lmsleep.ops.attention import rotary
 
-from helpers import tiny_config
 
 
 def test_short_conv_is_a_causal_depthwise_convolution_and_continues_after_a_tail():
-    layer = GatedDeltaNet(tiny_config()).double()
+    layer = GatedDeltaNet(32, 2, 8, 6).double()
     x = torch.randn(2, 11, layer.channels, dtype=torch.float64)
     expected = F.silu(F.conv1d(F.pad(x.transpose(1, 2), (3, 0)), layer.conv.weight, groups=layer.channels)).transpose(1, 2)
     y, _ = layer._short_conv(x, None)

@@ -252,9 +252,9 @@ def test_batch_refuses_examples_of_different_lengths():
 
 @pytest.fixture
 def data_only_cli(monkeypatch):
-    """`lmsleep.cli.main` with only the data subcommand wired, so this test does not import the others."""
-    assert cli._data in cli.SUBCOMMANDS
-    monkeypatch.setattr(cli, "SUBCOMMANDS", [cli._data])
+    """`lmsleep.cli.main` with only the data subcommand wired."""
+    assert "data" in cli.SUBCOMMANDS
+    monkeypatch.setattr(cli, "SUBCOMMANDS", {"data": cli.SUBCOMMANDS["data"]})
     return cli.main
 
 

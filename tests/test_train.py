@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from lmsleep.cli import main
-from lmsleep.train import TrainConfig, Trainer, lr_factor, parameter_groups
+from lmsleep.train import TrainConfig, Trainer, lr_factor
 
 TINY_MODEL = {"d_model": 32, "mlp_hidden": 64, "n_heads": 2, "head_dim": 8, "n_fast_heads": 2, "fast_key_dim": 8,
               "fast_value_dim": 8, "sleep_passes": 2}
@@ -100,7 +100,8 @@ def test_optimizer_groups_and_schedule():
     from lmsleep import SleepLM
 
     model = SleepLM(tiny_train_config().model_config())
-    muon, adamw = parameter_groups(model)
+    groups = model.optimizer_groups()
+    muon, adamw = groups["muon"], groups["adamw"]
     names = {id(p): n for n, p in model.named_parameters()}
     assert all(p.dim() == 2 for p in muon)
     adamw_names = {names[id(p)] for p in adamw}
@@ -165,11 +166,11 @@ def test_curriculum_stages_set_the_training_data_and_never_the_held_out_set(tmp_
 @pytest.mark.parametrize(
     "curriculum,message",
     [([{"until": 5, "task_options": {}}, {"until": 5, "task_options": {}}], "increasing"),
-     ([{"until": 9, "task_options": {}}], r"in \(0, 8\]"),
+     ([{"until": 9, "task_options": {}}], r"in \[1, 8\]"),
      ([{"until": 2}], "must be {'until'"),
-     ([{"until": 2, "task_options": {"hops": 1}}], "task_options: .*hops"),
+     ([{"until": 2, "task_options": {"hops": 1}}], "task_options.*unknown.*hops"),
      ([{"until": 2, "task_options": {"queries": 2}}], "not the layout"),
-     ({"until": 2}, "list of stages")],
+     ({"until": 2}, r"curriculum must be list\[dict\] or null")],
 )
 def test_bad_curriculum_is_refused(curriculum, message):
     with pytest.raises(ValueError, match=message):

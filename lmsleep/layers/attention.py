@@ -6,7 +6,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..config import SleepConfig
 from ..ops.attention import window_attention
 
 
@@ -76,15 +75,29 @@ def _is_prefix_view(view: torch.Tensor, buffer: torch.Tensor) -> bool:
 
 
 class Attention(nn.Module):
-    def __init__(self, config: SleepConfig):
+    """Causal multi-head softmax attention with rotary embeddings over the current window's KV cache.
+
+    d_model: model width; n_heads × head_dim: attention width (head_dim even, for rotary embeddings).
+    retained_tokens: keys/values carried into the next window (L − 1 with sliding eviction, else 0); they
+    set where this window's positions start. window: the most keys a window holds (None: no limit).
+    """
+
+    Memory = AttentionMemory
+
+    def __init__(self, d_model: int, n_heads: int, head_dim: int, *, rope_theta: float = 10000.0,
+                 retained_tokens: int = 0, window: int | None = None):
         super().__init__()
-        self.n_heads, self.head_dim = config.n_heads, config.head_dim
-        self.theta = config.rope_theta
-        self.offset = config.retained_tokens
-        self.limit = None if config.eviction == "none" else config.window  # most keys a window holds
-        inner = config.n_heads * config.head_dim
-        self.qkv = nn.Linear(config.d_model, 3 * inner, bias=False)
-        self.out = nn.Linear(inner, config.d_model, bias=False)
+        self.n_heads, self.head_dim = n_heads, head_dim
+        self.theta = rope_theta
+        self.offset = retained_tokens
+        self.limit = window
+        inner = n_heads * head_dim
+        self.qkv = nn.Linear(d_model, 3 * inner, bias=False)
+        self.out = nn.Linear(inner, d_model, bias=False)
+
+    def extra_flops_per_token(self, context: int) -> float:
+        """Forward FLOPs per token beyond the weights: scores and weighted sum over `context` keys."""
+        return 4 * context * self.n_heads * self.head_dim
 
     def forward(self, x: torch.Tensor, memory: AttentionMemory | None) -> tuple[torch.Tensor, AttentionMemory]:
         """x: [batch, new, d_model], the next tokens of the current window."""

@@ -7,7 +7,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import SleepConfig
 from ..ops import gated_delta_rule
 from .norm import GatedRMSNorm
 
@@ -46,25 +45,40 @@ def _fla_rule():
 
 
 class GatedDeltaNet(nn.Module):
-    """Projections → short causal conv + SiLU → L2-normalised q, k → gated delta rule → gated RMSNorm → out."""
+    """Projections → short causal conv + SiLU → L2-normalised q, k → gated delta rule → gated RMSNorm → out.
 
-    def __init__(self, config: SleepConfig):
+    d_model: model width; n_heads fast-weight heads with keys of key_dim and values of value_dim (the state
+    S is [n_heads, key_dim, value_dim]); conv_size: taps of the short causal convolution.
+    """
+
+    Memory = FastWeightMemory
+
+    def __init__(self, d_model: int, n_heads: int, key_dim: int, value_dim: int, *, conv_size: int = 4,
+                 norm_eps: float = 1e-6):
         super().__init__()
-        self.heads, self.key_dim, self.value_dim = config.n_fast_heads, config.fast_key_dim, config.fast_value_dim
+        self.heads, self.key_dim, self.value_dim = n_heads, key_dim, value_dim
         key_width, value_width = self.heads * self.key_dim, self.heads * self.value_dim
         self.channels = 2 * key_width + value_width
-        self.qkv = nn.Linear(config.d_model, self.channels, bias=False)
-        self.conv = nn.Conv1d(self.channels, self.channels, config.conv_size, groups=self.channels, bias=False)
-        self.decay_input = nn.Linear(config.d_model, self.heads, bias=False)  # a(x)
-        self.write_input = nn.Linear(config.d_model, self.heads, bias=False)  # b(x)
-        self.gate = nn.Linear(config.d_model, value_width, bias=False)  # g(x), the output gate
+        self.qkv = nn.Linear(d_model, self.channels, bias=False)
+        self.conv = nn.Conv1d(self.channels, self.channels, conv_size, groups=self.channels, bias=False)
+        self.decay_input = nn.Linear(d_model, self.heads, bias=False)  # a(x)
+        self.write_input = nn.Linear(d_model, self.heads, bias=False)  # b(x)
+        self.gate = nn.Linear(d_model, value_width, bias=False)  # g(x), the output gate
         self.A_log = nn.Parameter(torch.log(torch.empty(self.heads).uniform_(1, 16)))
         # dt_bias initialised so that softplus(dt_bias) spans [1e-3, 1e-1] (as in Mamba / Gated DeltaNet).
         dt = torch.exp(torch.empty(self.heads).uniform_(torch.log(torch.tensor(1e-3)), torch.log(torch.tensor(1e-1))))
         self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))
-        self.norm = GatedRMSNorm(self.value_dim, eps=config.norm_eps)
-        self.out = nn.Linear(value_width, config.d_model, bias=False)
+        self.norm = GatedRMSNorm(self.value_dim, eps=norm_eps)
+        self.out = nn.Linear(value_width, d_model, bias=False)
+        # Per-head scalars computed from x are gates, not hidden matrices: Muon's orthogonalisation does
+        # not suit them, so they are tagged for AdamW (SleepLM.optimizer_groups reads the tag).
+        for gate in (self.decay_input.weight, self.write_input.weight):
+            gate.optimizer_group = "adamw"
         self.use_fla = True  # on CUDA, when flash-linear-attention is installed
+
+    def extra_flops_per_token(self, context: int) -> float:
+        """Forward FLOPs per token beyond the weights (not counted: the state update is O(K·V) per token)."""
+        return 0.0
 
     def _short_conv(self, x: torch.Tensor, tail: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Causal depthwise convolution of x [batch, new, channels] continuing after `tail`."""

@@ -13,6 +13,8 @@ from dataclasses import asdict, fields
 
 from . import TASKS
 
+HELP = "print generated task examples (rule110, depo, math) as JSON lines"
+
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")

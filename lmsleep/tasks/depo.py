@@ -24,7 +24,8 @@ import math
 import random
 from dataclasses import dataclass
 
-from .example import Answer, Example, check_range, make_example
+from .. import validate
+from .example import Answer, Example, make_example
 from .vocab import LETTERS, left_pad
 
 MAX_NODES = len(LETTERS) ** 2
@@ -42,13 +43,13 @@ class Options:
     k_max: int = 8
 
     def __post_init__(self) -> None:
-        check_range("depo.Options", "nodes_min", self.nodes_min, 2, MAX_NODES)
-        check_range("depo.Options", "nodes_max", self.nodes_max, self.nodes_min, MAX_NODES)
-        check_range("depo.Options", "window", self.window, 1)
-        check_range("depo.Options", "queries", self.queries, 1)
-        check_range("depo.Options", "k_min", self.k_min, 1)
+        validate.integer("depo.Options.nodes_min", self.nodes_min, 2, MAX_NODES)
+        validate.integer("depo.Options.nodes_max", self.nodes_max, self.nodes_min, MAX_NODES)
+        validate.integer("depo.Options.window", self.window, 1)
+        validate.integer("depo.Options.queries", self.queries, 1)
+        validate.integer("depo.Options.k_min", self.k_min, 1)
         # k < n keeps every hop count distinct from "back to X" (k = n) on the smallest cycle
-        check_range("depo.Options", "k_max", self.k_max, self.k_min, self.nodes_min - 1)
+        validate.integer("depo.Options.k_max", self.k_max, self.k_min, self.nodes_min - 1)
 
     @property
     def name_length(self) -> int:
@@ -67,7 +68,7 @@ PAPER = Options(nodes_min=17, nodes_max=75, window=75, queries=10, k_min=1, k_ma
 
 def generate(options: Options, n: int, seed: int) -> list[Example]:
     """`n` examples, deterministic in `seed` (the first m of n are the m examples of generate(.., m, seed))."""
-    check_range("generate", "n", n, 0)
+    validate.integer("generate.n", n, 0)
     rng = random.Random(seed)
     all_names = ["".join(letters) for letters in itertools.product(LETTERS, repeat=options.name_length)]
     k_width = len(str(options.k_max))

@@ -116,10 +116,3 @@ def score(predicted: torch.Tensor, batched: dict[str, torch.Tensor]) -> dict:
         "per_answer": right.mean(dim=0).tolist(),
         "per_bucket": {int(b): right[bucket == b].mean().item() for b in bucket.unique().tolist()},
     }
-
-
-def check_range(owner: str, name: str, value, low: int, high: int | None = None) -> None:
-    """Refuse an option that is not an integer in [low, high] (high None: no upper bound)."""
-    allowed = f"in [{low}, {high}]" if high is not None else f">= {low}"
-    if not isinstance(value, int) or isinstance(value, bool) or value < low or (high is not None and value > high):
-        raise ValueError(f"{owner}.{name} must be an integer {allowed}, got {value!r}")

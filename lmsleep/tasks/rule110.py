@@ -18,7 +18,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from .example import Answer, Example, check_range, make_example
+from .. import validate
+from .example import Answer, Example, make_example
 from .vocab import SEP
 
 RULE = 110  # bit (4·left + 2·center + right) of 110 is the cell's next state
@@ -34,10 +35,10 @@ class Options:
     t_max: int = 3
 
     def __post_init__(self) -> None:
-        check_range("rule110.Options", "strings", self.strings, 1, 64)
-        check_range("rule110.Options", "bits", self.bits, 3, 4096)
-        check_range("rule110.Options", "t_min", self.t_min, 1, 4096)
-        check_range("rule110.Options", "t_max", self.t_max, self.t_min, 4096)
+        validate.integer("rule110.Options.strings", self.strings, 1, 64)
+        validate.integer("rule110.Options.bits", self.bits, 3, 4096)
+        validate.integer("rule110.Options.t_min", self.t_min, 1, 4096)
+        validate.integer("rule110.Options.t_max", self.t_max, self.t_min, 4096)
 
     @property
     def window(self) -> int:
@@ -50,7 +51,7 @@ PAPER = Options(strings=4, bits=24, t_min=32, t_max=32)  # the N sweep; the N = 
 
 def generate(options: Options, n: int, seed: int) -> list[Example]:
     """`n` examples, deterministic in `seed` (the first m of n are the m examples of generate(.., m, seed))."""
-    check_range("generate", "n", n, 0)
+    validate.integer("generate.n", n, 0)
     rng = random.Random(seed)
     examples = []
     for _ in range(n):

@@ -25,7 +25,8 @@ import operator
 import random
 from dataclasses import dataclass
 
-from .example import Answer, Example, check_range, make_example
+from .. import validate
+from .example import Answer, Example, make_example
 from .vocab import LETTERS, SEP, left_pad
 
 OPERATIONS = "+-*"
@@ -45,13 +46,13 @@ class Options:
     questions: int = 1
 
     def __post_init__(self) -> None:
-        check_range("math.Options", "questions", self.questions, 1, len(LETTERS))
-        check_range("math.Options", "ops_min", self.ops_min, 1, len(LETTERS) // self.questions)
-        check_range("math.Options", "ops_max", self.ops_max, self.ops_min, len(LETTERS) // self.questions)
-        check_range("math.Options", "distractors", self.distractors, 0, len(LETTERS) - self.questions * self.ops_max)
+        validate.integer("math.Options.questions", self.questions, 1, len(LETTERS))
+        validate.integer("math.Options.ops_min", self.ops_min, 1, len(LETTERS) // self.questions)
+        validate.integer("math.Options.ops_max", self.ops_max, self.ops_min, len(LETTERS) // self.questions)
+        validate.integer("math.Options.distractors", self.distractors, 0, len(LETTERS) - self.questions * self.ops_max)
         if self.modulus not in PRIMES:
             raise ValueError(f"math.Options.modulus must be one of {PRIMES}, got {self.modulus!r}")
-        check_range("math.Options", "window", self.window, 1)
+        validate.integer("math.Options.window", self.window, 1)
 
     @property
     def definitions(self) -> int:
@@ -61,7 +62,7 @@ class Options:
 
 def generate(options: Options, n: int, seed: int) -> list[Example]:
     """`n` examples, deterministic in `seed` (the first m of n are the m examples of generate(.., m, seed))."""
-    check_range("generate", "n", n, 0)
+    validate.integer("generate.n", n, 0)
     rng = random.Random(seed)
     examples = []
     for _ in range(n):
