@@ -69,6 +69,9 @@ def check_sweep(sweep, what: str) -> None:
     for key in ("base", "grid"):
         if not isinstance(sweep.get(key), dict):
             raise ValueError(f"{what} needs an object {key!r}")
+    for key, values in sweep["grid"].items():
+        if isinstance(values, list) and not values:
+            raise ValueError(f"{what}: grid {key!r} is an empty list (no run would be made)")
     if not isinstance(sweep.get("name", ""), str):
         raise validate.WrongType(f"{what}: name must be a string, got {sweep['name']!r}")
     if sweep.get("final_eval_passes") is not None:
@@ -115,6 +118,7 @@ def run_config(sweep: dict, point: dict) -> tuple[str, TrainConfig]:
 
 
 def expand(sweep: dict) -> list[tuple[str, TrainConfig]]:
+    check_sweep(sweep, f"sweep {sweep.get('name', '')!r}" if isinstance(sweep, dict) else "sweep")
     grid = sweep["grid"]
     keys = list(grid)
     runs, seen = [], set()
