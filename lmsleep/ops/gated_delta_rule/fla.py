@@ -23,8 +23,9 @@ def _load() -> tuple[object | None, str | None]:
 
 def unavailable_reason(*tensors) -> str | None:
     """Why fla's kernel cannot take these tensors (None when it can): it needs CUDA tensors and fla installed."""
-    if not all(x is None or x.is_cuda for x in tensors):
-        return "fla's kernel runs on CUDA tensors only"
+    for x in tensors:
+        if x is not None and not x.is_cuda:
+            return "fla's kernel runs on CUDA tensors only"
     return _load()[1]
 
 

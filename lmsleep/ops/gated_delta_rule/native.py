@@ -68,10 +68,10 @@ def unavailable_reason(*tensors, dtype: torch.dtype | None = None) -> str | None
     """Why the native op cannot take these tensors (None when it can): it needs float32 CPU tensors and
     the library built and loaded. dtype: the one they will be computed in, if not their own (the
     dispatcher computes half precision in float32)."""
-    tensors = [x for x in tensors if x is not None]
-    kinds = sorted({f"{dtype or x.dtype} on {x.device.type}" for x in tensors})
-    if any((dtype or x.dtype) != torch.float32 or x.device.type != "cpu" for x in tensors):
-        return f"it takes float32 CPU tensors only, got {', '.join(kinds)}"
+    for x in tensors:  # a loop, not any(...): this runs on every call of the op, which can be tiny
+        if x is not None and ((dtype or x.dtype) != torch.float32 or not x.is_cpu):
+            kinds = sorted({f"{dtype or y.dtype} on {y.device.type}" for y in tensors if y is not None})
+            return f"it takes float32 CPU tensors only, got {', '.join(kinds)}"
     if library.library() is None:
         return f"the native library is unavailable ({library.error()})"
     return None
