@@ -8,7 +8,7 @@ Peers, each called with its own defaults (chunk size 64, scale K^-1/2, q and k u
   outside the repository ($LMSLEEP_BENCH_CACHE, default ~/.cache/lmsleep-bench) and imported by path,
   with einops (which it imports) fetched the same way if missing. Without network it is reported missing.
 - lmsleep's own rows: `lmsleep` is the public op as users get it (the native library where it builds,
-  which the notes line says), `lmsleep-torch` its torch-ops fast path (`native=False`), and
+  which the notes line says), `lmsleep-torch` its torch-ops fast path (`backend="torch"`), and
   `lmsleep-chunk` the plain chunked path (autograd through torch ops), for reference.
 
 Each row gives the median time over --repeats calls after one warm-up (the implementations take turns,
@@ -43,9 +43,9 @@ from lmsleep.ops import (  # noqa: E402
     chunk_gated_delta_rule,
     fast_chunk_gated_delta_rule,
     gated_delta_rule,
-    native,
     recurrent_gated_delta_rule,
 )
+from lmsleep.ops.gated_delta_rule import library  # noqa: E402
 
 FLA_VERSION = "0.6.0"
 FLA_MEMBER = "fla/ops/gated_delta_rule/naive.py"
@@ -109,12 +109,12 @@ def implementations() -> tuple[dict, dict]:
     impls = {
         "lmsleep": lambda q, k, v, g, b, s: gated_delta_rule(q, k, v, g, b, initial_state=s, output_final_state=True),
         "lmsleep-torch": lambda q, k, v, g, b, s: fast_chunk_gated_delta_rule(
-            q, k, v, g, b, q.shape[-1] ** -0.5, s, native=False),
+            q, k, v, g, b, q.shape[-1] ** -0.5, s),
         "lmsleep-chunk": lambda q, k, v, g, b, s: chunk_gated_delta_rule(q, k, v, g, b, q.shape[-1] ** -0.5, s),
     }
-    route = "native library" if native.library() is not None else f"torch path; native unavailable: {native.error()}"
+    route = "native library" if library.library() is not None else f"torch path; native unavailable: {library.error()}"
     notes = {"lmsleep": f"lmsleep.ops.gated_delta_rule (default: {route})",
-             "lmsleep-torch": "lmsleep fast path in torch ops (native=False)",
+             "lmsleep-torch": "lmsleep fast path in torch ops (backend=\"torch\")",
              "lmsleep-chunk": "lmsleep plain chunked path"}
     try:
         from transformers.models.qwen3_next import modeling_qwen3_next

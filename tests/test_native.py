@@ -1,20 +1,22 @@
-"""The native op (`lmsleep/ops/native.py` + `csrc/gated_delta_rule.c`), forward and gradients, against the
-float64 recurrent reference; its dispatch from the public op; its fallbacks (no compiler, a failed build)."""
+"""The native op (`lmsleep/ops/gated_delta_rule/native.py`, `library.py` + `csrc/gated_delta_rule.c`), forward and
+gradients, against the float64 recurrent reference; its dispatch from the public op; its fallbacks (no compiler,
+a failed build)."""
 import shutil
 
 import pytest
 import torch
 
-from lmsleep.ops import fast_chunk_gated_delta_rule, gated_delta_rule, native, recurrent_gated_delta_rule
+from lmsleep.ops import auto_backend, gated_delta_rule, native_chunk_gated_delta_rule, recurrent_gated_delta_rule
+from lmsleep.ops.gated_delta_rule import chunk_fast, library, native
 from test_op import _forward_and_grads, random_inputs
 
-HAS_COMPILER = native._compiler() is not None
+HAS_COMPILER = library._compiler() is not None
 needs_native = pytest.mark.skipif(not HAS_COMPILER, reason="no C compiler on this machine: the torch path runs instead")
 
 
 @needs_native
 def test_native_library_builds_where_a_compiler_is_found():
-    assert native.library() is not None, native.error()
+    assert library.library() is not None, library.error()
 
 
 def _reference(inputs, scale):
@@ -24,7 +26,7 @@ def _reference(inputs, scale):
 
 def _native(inputs, scale, chunk_size, threads=None):
     with torch.no_grad():
-        return fast_chunk_gated_delta_rule(*inputs[:5], scale, inputs[5], chunk_size, threads=threads, native=True)
+        return native_chunk_gated_delta_rule(*inputs[:5], scale, inputs[5], chunk_size, threads=threads)
 
 
 def _assert_matches(got, expected, tol=2e-5):
@@ -69,7 +71,7 @@ def test_native_takes_strided_inputs():
     leaves = [x.detach().clone().requires_grad_() for x in (wide, gates, state)]
     views = [leaves[0][..., :dim], leaves[0][..., dim:2 * dim], v.detach().requires_grad_(),
              leaves[1][..., 0], leaves[1][..., 1], leaves[2]]
-    out, final = fast_chunk_gated_delta_rule(*views[:5], dim**-0.5, views[5], 8, threads=2, native=True)
+    out, final = native_chunk_gated_delta_rule(*views[:5], dim**-0.5, views[5], 8, threads=2)
     grads = torch.autograd.grad(out.square().sum() + final.sum(), leaves + [views[2]])
     leaves64 = [x.detach().double().requires_grad_() for x in (wide, gates, state, v)]
     views64 = [leaves64[0][..., :dim], leaves64[0][..., dim:2 * dim], leaves64[3], leaves64[1][..., 0],
@@ -120,8 +122,8 @@ def test_native_matches_reference(time, chunk_size, key_dim, value_dim, with_sta
     inputs = [None if x is None else x.requires_grad_() for x in inputs]
     grad_out, grad_state = torch.randn(2, time, 3, value_dim), torch.randn(2, 3, key_dim, value_dim)
     scale = key_dim**-0.5
-    out, state, grads = _forward_and_grads(fast_chunk_gated_delta_rule, inputs, grad_out, grad_state, scale,
-                                           chunk_size=chunk_size, threads=threads, native=True)
+    out, state, grads = _forward_and_grads(native_chunk_gated_delta_rule, inputs, grad_out, grad_state, scale,
+                                           chunk_size=chunk_size, threads=threads)
     inputs64 = [None if x is None else x.detach().double().requires_grad_() for x in inputs]
     out_r, state_r, grads_r = _forward_and_grads(recurrent_gated_delta_rule, inputs64, grad_out.double(),
                                                  grad_state.double(), scale)
@@ -143,7 +145,7 @@ def test_native_gradients_with_one_output_unused_and_partial_leaves(used):
         out, state = rule(*tensors[:5], 0.5, None)
         return (out if used == "out" else state).pow(2).sum()
 
-    grads = torch.autograd.grad(loss(lambda *a: fast_chunk_gated_delta_rule(*a, 4, native=True), inputs), leaves)
+    grads = torch.autograd.grad(loss(lambda *a: native_chunk_gated_delta_rule(*a, 4), inputs), leaves)
     grads_r = torch.autograd.grad(loss(recurrent_gated_delta_rule, inputs64), leaves64)
     for a, b in zip(grads, grads_r):
         assert _rel(a, b) < 1e-5
@@ -153,8 +155,8 @@ def test_native_gradients_with_one_output_unused_and_partial_leaves(used):
 def test_public_op_runs_native_for_float32_only(monkeypatch):
     calls = []
     for name in ("forward_range", "backward_range"):
-        real = getattr(native, name)
-        monkeypatch.setattr(native, name, lambda *a, real=real, name=name: calls.append(name) or real(*a))
+        real = getattr(library, name)
+        monkeypatch.setattr(library, name, lambda *a, real=real, name=name: calls.append(name) or real(*a))
     inputs = random_inputs(2, 30, 2, 8, 8, torch.float32, True)
     with torch.no_grad():
         fast, _ = gated_delta_rule(*inputs[:5], initial_state=inputs[5])
@@ -171,71 +173,94 @@ def test_public_op_runs_native_for_float32_only(monkeypatch):
     assert not calls, "float64 is computed by the torch path"
 
 
-def test_native_true_refuses_what_it_cannot_do():
+def test_native_refuses_what_it_cannot_do():
     inputs = random_inputs(1, 9, 1, 4, 4, torch.float64, False)
-    with pytest.raises(RuntimeError, match="native=True"):
-        fast_chunk_gated_delta_rule(*inputs[:5], 0.5, None, 4, native=True)
+    with pytest.raises(RuntimeError, match="native op cannot run: it takes float32 CPU tensors only"):
+        native_chunk_gated_delta_rule(*inputs[:5], 0.5, None, 4)
 
 
 @pytest.fixture
 def fresh_native(monkeypatch, tmp_path):
     """An empty native state and cache folder, so the next call builds (or fails) anew."""
-    monkeypatch.setattr(native, "_state", {})
+    monkeypatch.setattr(library, "_state", {})
     monkeypatch.setenv("LMSLEEP_CACHE_DIR", str(tmp_path / "cache"))
     return tmp_path
 
 
 @needs_native
 def test_build_is_cached_under_a_key_of_source_and_machine(fresh_native):
-    assert native.library() is not None, native.error()
+    assert library.library() is not None, library.error()
     built = list((fresh_native / "cache").glob("gated_delta_rule-*.so"))
     assert len(built) == 1 and not list((fresh_native / "cache").glob("*.tmp*"))
     stamp = built[0].stat().st_mtime_ns
-    native._state.clear()
-    assert native.library() is not None and built[0].stat().st_mtime_ns == stamp  # loaded, not rebuilt
+    library._state.clear()
+    assert library.library() is not None and built[0].stat().st_mtime_ns == stamp  # loaded, not rebuilt
 
 
 def test_failed_build_falls_back_to_the_torch_path(fresh_native, monkeypatch):
     broken = fresh_native / "broken.c"
     broken.write_text("int lmsleep_gdr_forward( {\n")
-    monkeypatch.setattr(native, "SOURCE", broken)
+    monkeypatch.setattr(library, "SOURCE", broken)
     if not HAS_COMPILER:
         pytest.skip("no C compiler to fail")
     with pytest.warns(RuntimeWarning, match="native gated delta rule unavailable"):
-        assert native.library() is None
-    assert "failed" in native.error()
+        assert library.library() is None
+    assert "failed" in library.error()
     inputs = random_inputs(1, 20, 2, 4, 4, torch.float32, True)
+    assert auto_backend(*inputs) == "torch"
     with torch.no_grad():
-        got = fast_chunk_gated_delta_rule(*inputs[:5], 0.5, inputs[5], 8)
+        got = gated_delta_rule(*inputs[:5], scale=0.5, initial_state=inputs[5], output_final_state=True, chunk_size=8)
     _assert_matches(got, _reference(inputs, 0.5))
 
 
 def test_no_compiler_or_disabled_falls_back_quietly_or_with_a_warning(fresh_native, monkeypatch):
     monkeypatch.setenv("LMSLEEP_NATIVE", "0")
-    assert native.library() is None and "LMSLEEP_NATIVE=0" in native.error()
-    native._state.clear()
+    assert library.library() is None and "LMSLEEP_NATIVE=0" in library.error()
+    library._state.clear()
     monkeypatch.setenv("LMSLEEP_NATIVE", "1")
     monkeypatch.setattr(shutil, "which", lambda name: None)
     with pytest.warns(RuntimeWarning, match="no C compiler"):
-        assert native.library() is None
-    assert not native.usable(torch.zeros(1))
+        assert library.library() is None
+    assert "native library is unavailable" in native.unavailable_reason(torch.zeros(1))
 
 
 
 @needs_native
 def test_saved_buffers_are_aligned_rows_of_the_sizes_the_library_asks():
-    states_size, u_size = native.saved_sizes(37, 5, 7, 8)  # 5 chunks of 8 tokens, padded to 16 floats
+    states_size, u_size = library.saved_sizes(37, 5, 7, 8)  # 5 chunks of 8 tokens, padded to 16 floats
     assert (states_size, u_size) == (6 * 16 * 16, 5 * 16 * 16)
-    states, u = native.saved_buffers(3, 37, 5, 7, 8)
+    states, u = library.saved_buffers(3, 37, 5, 7, 8)
     assert states.shape == (3, states_size) and u.shape == (3, u_size)
     assert all(row.data_ptr() % 64 == 0 for buffer in (states, u) for row in buffer)
 
 
 def test_default_chunk_sizes():
-    from lmsleep.ops.chunk_fast import _default_chunk_size
+    assert native.default_chunk_size(64, needs_grad=False) == 16
+    assert native.default_chunk_size(64, needs_grad=True) == 16
+    assert native.default_chunk_size(128, needs_grad=False) == 16
+    assert native.default_chunk_size(128, needs_grad=True) == 64
+    assert chunk_fast.default_chunk_size(64) == 32
+    assert chunk_fast.default_chunk_size(128) == 64
 
-    assert _default_chunk_size(64, native=True, needs_grad=False) == 16
-    assert _default_chunk_size(64, native=True, needs_grad=True) == 16
-    assert _default_chunk_size(128, native=True, needs_grad=False) == 16
-    assert _default_chunk_size(128, native=True, needs_grad=True) == 64
-    assert _default_chunk_size(64, native=False, needs_grad=True) == 32
+
+@needs_native
+@pytest.mark.parametrize("threads", [1, 2])
+def test_native_under_inference_mode_and_autocast(threads):
+    """As for the torch fast path (test_op.py): ranges run on other threads take the caller's inference mode,
+    and compute in float32 under autocast."""
+    inputs = random_inputs(2, 21, 3, 8, 5, torch.float32, True)
+    expected = native_chunk_gated_delta_rule(*inputs[:5], 0.4, inputs[5], 8, threads=1)
+    with torch.inference_mode():
+        result = native_chunk_gated_delta_rule(*inputs[:5], 0.4, inputs[5], 8, threads=threads)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast_result = native_chunk_gated_delta_rule(*inputs[:5], 0.4, inputs[5], 8, threads=threads)
+    for got in (result, autocast_result):
+        for a, b in zip(got, expected):
+            assert a.dtype == torch.float32
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+def test_native_refuses_bad_thread_count():
+    inputs = random_inputs(1, 4, 1, 2, 2, torch.float32, False)
+    with pytest.raises(ValueError, match="threads must be a positive int"):
+        native_chunk_gated_delta_rule(*inputs[:5], 0.5, None, 4, threads=0)

@@ -1,16 +1,17 @@
-"""The fast-weight op: chunked paths (the CPU fast path behind `gated_delta_rule`, and the plain one) vs
-the recurrent reference (forward and every gradient), and vs transformers' torch_chunk_gated_delta_rule."""
+"""The fast-weight op: chunked paths (the torch fast path `chunk_fast`, and the plain one `chunk`) vs the
+recurrent reference (forward and every gradient), and vs transformers' torch_chunk_gated_delta_rule.
+The native op is tested in test_native.py, the dispatcher's choice of backend in test_dispatch.py."""
 import pytest
 import torch
 import torch.nn.functional as F
 
-from lmsleep.ops import chunk_fast
 from lmsleep.ops import (
     chunk_gated_delta_rule,
     fast_chunk_gated_delta_rule,
     gated_delta_rule,
     recurrent_gated_delta_rule,
 )
+from lmsleep.ops.gated_delta_rule import chunk_fast, common
 
 
 def random_inputs(batch, time, heads, key_dim, value_dim, dtype, with_state, strong_decay=False):
@@ -75,7 +76,7 @@ def test_agrees_with_transformers_torch_chunk_gated_delta_rule(time, chunk_size)
     torch.testing.assert_close(s_ours, s_theirs.to(s_ours.dtype), rtol=1e-4, atol=1e-5)
 
 
-# --- The public entry point, the CPU fast path (chunk_fast) and the plain chunked path, each against the reference. ---
+# --- The public entry point, the torch fast path (chunk_fast) and the plain chunked path, each against the reference. ---
 
 def _public(q, k, v, g, beta, scale, initial_state, chunk_size):
     """`gated_delta_rule` (the dispatch users call) with the paths' positional signature."""
@@ -89,7 +90,7 @@ def _fast_in_groups_of(chunks_per_group):
     shorter), as it does for long sequences, so that groups meet on small test shapes too."""
 
     def rule(q, k, v, g, beta, scale, initial_state, chunk_size):
-        _, length = chunk_fast._chunking(q.shape[1], chunk_size)
+        _, length = common.chunking(q.shape[1], chunk_size)
         values_per_chunk = q.shape[0] * q.shape[2] * length * max(q.shape[3], v.shape[3])
         saved = chunk_fast.GROUP_ELEMENTS
         chunk_fast.GROUP_ELEMENTS = chunks_per_group * values_per_chunk

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops import gated_delta_rule
+from ..ops import auto_backend, gated_delta_rule
 from .norm import GatedRMSNorm
 
 
@@ -33,15 +33,6 @@ class FastWeightMemory:
     @classmethod
     def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> "FastWeightMemory":
         return cls(**tensors)
-
-
-def _fla_rule():
-    """flash-linear-attention's Triton kernel, if installed (used on CUDA only)."""
-    try:
-        from fla.ops.gated_delta_rule import chunk_gated_delta_rule
-    except Exception:  # noqa: BLE001 - any import failure means "not available"
-        return None
-    return chunk_gated_delta_rule
 
 
 class GatedDeltaNet(nn.Module):
@@ -104,11 +95,10 @@ class GatedDeltaNet(nn.Module):
         v = v.view(batch, new, self.heads, self.value_dim)
         decay = -self.A_log.exp() * F.softplus(self.decay_input(x) + self.dt_bias)  # g_t = log α_t ≤ 0
         write_strength = torch.sigmoid(self.write_input(x))  # β_t
-        rule = gated_delta_rule
-        if x.is_cuda and self.use_fla and (fla_rule := _fla_rule()) is not None:
-            rule = fla_rule
-        o, state = rule(
-            q, k, v, decay, write_strength, initial_state=memory.state, output_final_state=True
+        # The op picks its backend (fla on CUDA when installed); use_fla=False leaves fla out of that choice.
+        backend = "auto" if self.use_fla else auto_backend(q, k, v, decay, write_strength, memory.state, allow_fla=False)
+        o, state = gated_delta_rule(
+            q, k, v, decay, write_strength, initial_state=memory.state, output_final_state=True, backend=backend
         )
         o = self.norm(o, self.gate(x).view(batch, new, self.heads, self.value_dim))
         return self.out(o.reshape(batch, new, -1)), FastWeightMemory(state, conv_tail)

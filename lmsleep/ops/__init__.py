@@ -1,8 +1,23 @@
-"""Pure tensor functions: the fast-weight rule (recurrent reference, chunked torch paths, native C op in
-`native.py`) and windowed attention."""
-from .gated_delta_rule import gated_delta_rule
-from .naive import recurrent_gated_delta_rule
-from .chunk import chunk_gated_delta_rule
-from .chunk_fast import fast_chunk_gated_delta_rule
+"""Pure tensor functions: the fast-weight rule (package `gated_delta_rule/`: the reference, the chunked torch
+paths, the native C op, fla's kernel on CUDA, and the dispatcher that picks among them) and windowed attention."""
+from .gated_delta_rule import (
+    BACKENDS,
+    auto_backend,
+    chunk_gated_delta_rule,
+    fast_chunk_gated_delta_rule,
+    fla_chunk_gated_delta_rule,
+    gated_delta_rule,
+    native_chunk_gated_delta_rule,
+    recurrent_gated_delta_rule,
+)
 
-__all__ = ["gated_delta_rule", "recurrent_gated_delta_rule", "chunk_gated_delta_rule", "fast_chunk_gated_delta_rule"]
+__all__ = [
+    "BACKENDS",
+    "auto_backend",
+    "gated_delta_rule",
+    "recurrent_gated_delta_rule",
+    "chunk_gated_delta_rule",
+    "fast_chunk_gated_delta_rule",
+    "native_chunk_gated_delta_rule",
+    "fla_chunk_gated_delta_rule",
+]

@@ -1,4 +1,5 @@
-"""CPU fast path for the gated delta rule: the chunked algorithm of `chunk.py` with a hand-written backward.
+"""Fast path in torch ops for the gated delta rule (tuned on CPUs): the chunked algorithm of `chunk.py` with a
+hand-written backward.
 
 Computes what `chunk.chunk_gated_delta_rule` computes (so it matches the recurrent reference
 `naive.recurrent_gated_delta_rule`), in the same notation. Per chunk of C tokens, with G = cumsum(g),
@@ -31,27 +32,18 @@ Why it is faster on a CPU than autograd through `chunk.py` or transformers' torc
   (4, 2048, 8, 128), none at (16, 384, 4, 64), a loss for the small windows of training, hence
   SPLIT_MIN_ELEMENTS.
 
-In float32 the op runs instead in the native library of `native.py` (the same algorithm and backward in C,
-one (batch row, head) at a time in cache) when it builds; `native=False` keeps it here.
+The native op (`native.py`) is the same algorithm and backward in C, one (batch row, head) at a time in
+cache; the dispatcher (`dispatch.py`) picks it over this path for float32 on a CPU where it builds.
 
-`chunk_size` is an upper bound: the sequence is cut into ⌈T / chunk_size⌉ chunks of equal length
-(⌈T / chunks⌉, so at most chunks − 1 padded tokens). Results differ from other chunk sizes only by rounding.
+`chunk_size` is an upper bound (`common.chunking`). Results differ from other chunk sizes only by rounding.
 """
 from __future__ import annotations
-
-from concurrent.futures import ThreadPoolExecutor
 
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from . import native as native_library
-
-
-def _chunking(time: int, chunk_size: int) -> tuple[int, int]:
-    """(chunks, tokens per chunk) for a sequence of `time` tokens and chunks of at most `chunk_size`."""
-    chunks = -(-time // chunk_size)
-    return chunks, -(-time // chunks)
+from .common import chunking, even_slices, map_blocks, thread_count
 
 
 def _to_chunks(
@@ -217,50 +209,19 @@ GROUP_ELEMENTS = 2**19  # chunks are laid out and solved together in groups of a
 SPLIT_MIN_ELEMENTS = 2**20  # below this many values in q, the op runs on the calling thread alone
 
 
-def _even_slices(size: int, parts: int) -> list[slice]:
-    """`size` cut into min(parts, size) contiguous slices whose lengths differ by at most one (none for 0)."""
-    parts = min(parts, size)
-    if parts == 0:
-        return []
-    bounds = [size * i // parts for i in range(parts + 1)]
-    return [slice(a, b) for a, b in zip(bounds, bounds[1:])]
-
-
 def _blocks(batch: int, heads: int, threads: int) -> list[tuple[slice, slice]]:
     """Independent (batch rows, heads) blocks, one per thread: the batch is split when it has at least as
     many rows as there are threads (or as heads), else the heads."""
     if batch >= threads or batch >= heads:
-        return [(rows, slice(None)) for rows in _even_slices(batch, threads)]
-    return [(slice(None), cols) for cols in _even_slices(heads, threads)]
-
-
-_POOLS: dict[int, ThreadPoolExecutor] = {}  # by size, made on first use
-
-
-def _map_blocks(work, blocks: list, device_type: str) -> list:
-    """work(block) for every block, on as many threads as blocks. Grad and inference mode are per thread, so
-    the caller's are set in each; autocast is off in all, so that the op computes in its inputs' dtype
-    whichever thread runs a block."""
-    grad_enabled, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
-
-    def run(block):
-        with torch.inference_mode(inference), torch.set_grad_enabled(grad_enabled), \
-                torch.autocast(device_type, enabled=False):
-            return work(block)
-
-    if len(blocks) == 1:
-        return [run(blocks[0])]
-    pool = _POOLS.get(len(blocks))
-    if pool is None:
-        pool = _POOLS[len(blocks)] = ThreadPoolExecutor(max_workers=len(blocks), thread_name_prefix="lmsleep-op")
-    return list(pool.map(run, blocks))
+        return [(rows, slice(None)) for rows in even_slices(batch, threads)]
+    return [(slice(None), cols) for cols in even_slices(heads, threads)]
 
 
 def _forward_block(q, k, v, g, beta, state, scale: float, chunk_size: int, keep: bool, out):
     """The forward of one independent block of (batch rows, heads), group by group along time: writes `out`
     and returns the final state [rows·heads, K, V] and, when `keep`, what the backward needs."""
     batch, time, heads, key_dim = q.shape
-    _, length = _chunking(time, chunk_size)
+    _, length = chunking(time, chunk_size)
     group = max(1, GROUP_ELEMENTS // (batch * heads * length * max(key_dim, v.shape[-1]))) * length
     saved = []
     for start in range(0, time, group):
@@ -309,7 +270,7 @@ class _ChunkGatedDeltaRule(torch.autograd.Function):
             final_state[rows, cols] = state.view(final_state[rows, cols].shape)
             return saved
 
-        saved = _map_blocks(run, blocks, q.device.type)
+        saved = map_blocks(run, blocks, q.device.type)
         if keep:  # intermediates, not inputs or outputs: safe to hold on ctx
             ctx.saved_blocks = list(zip(blocks, saved))
         ctx.config = (scale, q.shape, v.shape, q.dtype, initial_state is not None)
@@ -336,61 +297,12 @@ class _ChunkGatedDeltaRule(torch.autograd.Function):
             grad_state = _backward_block(saved, scale, grad_out[rows, :, cols], grad_state, grads_out)
             grad_initial[rows, cols] = grad_state.view(grad_initial[rows, cols].shape)
 
-        _map_blocks(run, ctx.saved_blocks, grad_out.device.type)
+        map_blocks(run, ctx.saved_blocks, grad_out.device.type)
         return (*grads, grad_initial if has_initial_state else None, None, None, None)
 
 
-NATIVE_SPLIT_MIN_ELEMENTS = 2**15  # below this many values in q, the native forward runs on one thread
-NATIVE_CHUNK_SIZE = 16  # the native op's default chunk (see _default_chunk_size)
-
-
-class _NativeChunkGatedDeltaRule(torch.autograd.Function):
-    """The op in the native library (`native.py`): (batch row, head) pairs cut into `threads` ranges, each
-    run on a thread of its own. When a gradient is needed the forward also keeps the state entering each
-    chunk and U, from which the native backward recomputes the rest chunk by chunk."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, g, beta, initial_state, scale, length, threads):
-        batch, time, heads, key_dim = q.shape
-        inputs = tuple(x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v)) + (g, beta)
-        if initial_state is not None:
-            initial_state = initial_state.contiguous()
-        out = v.new_empty(v.shape)
-        final_state = q.new_empty(batch, heads, key_dim, v.shape[-1])
-        saved_states = saved_u = None
-        if any(ctx.needs_input_grad[:6]):
-            saved_states, saved_u = native_library.saved_buffers(batch * heads, time, key_dim, v.shape[-1], length)
-            ctx.save_for_backward(*inputs, saved_states, saved_u)
-        ranges = _even_slices(batch * heads, threads) or [slice(0, 0)]  # an empty batch: one empty range
-        _map_blocks(lambda pairs: native_library.forward_range(
-            inputs, initial_state, final_state, out, scale, length, pairs, saved_states, saved_u), ranges, "cpu")
-        ctx.config = (scale, length, ranges, initial_state is not None)
-        return out, final_state
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out, grad_final_state):
-        scale, length, ranges, has_initial_state = ctx.config
-        *inputs, saved_states, saved_u = ctx.saved_tensors
-        q, _, v, g, _ = inputs
-        grad_out = v.new_zeros(v.shape) if grad_out is None else grad_out.contiguous()
-        if grad_final_state is not None:
-            grad_final_state = grad_final_state.contiguous()
-        grads = [q.new_empty(q.shape), q.new_empty(q.shape), v.new_empty(v.shape), g.new_empty(g.shape),
-                 g.new_empty(g.shape)]
-        grad_initial = q.new_empty(q.shape[0], q.shape[2], q.shape[3], v.shape[3])
-        _map_blocks(lambda pairs: native_library.backward_range(
-            inputs, saved_states, saved_u, grad_out, grad_final_state, grads, grad_initial, scale, length, pairs),
-            ranges, "cpu")
-        return (*grads, grad_initial if has_initial_state else None, None, None, None)
-
-
-def _default_chunk_size(key_dim: int, native: bool, needs_grad: bool) -> int:
-    """What measured fastest on 2 cores. The native op: chunks of 16, but 64 for K > 64 when a gradient is
-    needed (as fast there, and the states it keeps for the backward, K·V per chunk, take a quarter of the
-    memory). The torch path: 32 for K ≤ 64, 64 above."""
-    if native:
-        return 64 if needs_grad and key_dim > 64 else NATIVE_CHUNK_SIZE
+def default_chunk_size(key_dim: int) -> int:
+    """What measured fastest on 2 cores: 32 for K ≤ 64, 64 above."""
     return 32 if key_dim <= 64 else 64
 
 
@@ -404,34 +316,18 @@ def fast_chunk_gated_delta_rule(
     initial_state: torch.Tensor | None = None,
     chunk_size: int | None = None,
     threads: int | None = None,
-    native: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Same arguments and result as `chunk.chunk_gated_delta_rule`; differentiable in every tensor argument.
+    Runs in torch ops whatever the dtype or device (the dispatcher decides when the native op runs instead).
 
     q, k: [batch, time, heads, K]; v: [batch, time, heads, V]; g, beta: [batch, time, heads];
     initial_state: [batch, heads, K, V] or None (zeros). Returns (out [batch, time, heads, V], final state).
-    chunk_size: None picks what measured fastest (`_default_chunk_size`).
+    chunk_size: None picks what measured fastest (`default_chunk_size`).
     threads: how many blocks of (batch rows, heads) run side by side on threads of their own; None is
-    torch.get_num_threads() (so `torch.set_num_threads` governs it), or 1 for small inputs, where starting
-    threads costs more than it saves.
-    native: whether the op runs in the native library (`native.py`: float32 on a CPU only); None uses it
-    whenever it can, False never, True insists (an error if it cannot).
+    torch.get_num_threads() (so `torch.set_num_threads` governs it), or 1 for inputs under
+    SPLIT_MIN_ELEMENTS values, where starting threads costs more than it saves.
     """
-    if threads is not None and (not isinstance(threads, int) or threads < 1):
-        raise ValueError(f"fast_chunk_gated_delta_rule: threads must be a positive int or None, got {threads!r}")
-    tensors = (q, k, v, g, beta, initial_state)
-    if native is None:
-        native = native_library.usable(*tensors)
-    elif native and not native_library.usable(*tensors):
-        raise RuntimeError("fast_chunk_gated_delta_rule: native=True, but the native op cannot run: "
-                           f"{native_library.error() or 'it takes float32 CPU tensors only'}")
+    threads = thread_count(threads, q.numel(), SPLIT_MIN_ELEMENTS, "fast_chunk_gated_delta_rule")
     if chunk_size is None:  # results differ only by rounding
-        chunk_size = _default_chunk_size(q.shape[-1], native, needs_grad=torch.is_grad_enabled() and any(
-            x is not None and x.requires_grad for x in tensors))
-    if threads is None:
-        split_min = NATIVE_SPLIT_MIN_ELEMENTS if native else SPLIT_MIN_ELEMENTS
-        threads = torch.get_num_threads() if q.numel() >= split_min else 1
-    if native:
-        _, length = _chunking(q.shape[1], chunk_size)
-        return _NativeChunkGatedDeltaRule.apply(q, k, v, g, beta, initial_state, scale, length, threads)
+        chunk_size = default_chunk_size(q.shape[-1])
     return _ChunkGatedDeltaRule.apply(q, k, v, g, beta, initial_state, scale, chunk_size, threads)

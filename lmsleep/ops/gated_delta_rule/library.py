@@ -1,4 +1,5 @@
-"""The native gated delta rule (`csrc/gated_delta_rule.c`, forward and backward): built on first use, then loaded.
+"""The native library of the gated delta rule (`csrc/gated_delta_rule.c`, forward and backward): built on first
+use, then loaded and called through ctypes. `native.py` wraps it as a torch autograd Function.
 
 The C file is compiled with the machine's C compiler (`$CC`, else `gcc` or `cc` on PATH; it uses GCC's
 vector extensions, so GCC or a compiler that accepts them) for the machine's own CPU (-march=native) into
@@ -6,7 +7,7 @@ a cache folder (`$LMSLEEP_CACHE_DIR`, else `$XDG_CACHE_HOME/lmsleep` or
 `~/.cache/lmsleep`), under a name that depends on the source, the flags, the compiler and the CPU, so a
 changed file or another machine sharing the folder gets a build of its own. No compiler, a failed build,
 or `LMSLEEP_NATIVE=0` in the environment: `library()` returns None (with one warning saying why, except
-for LMSLEEP_NATIVE=0) and lmsleep runs its torch path instead, which computes the same thing.
+for LMSLEEP_NATIVE=0) and the dispatcher runs the torch path instead, which computes the same thing.
 The library is called through ctypes, which releases the GIL, so threads can run parts of the batch at once.
 """
 from __future__ import annotations
@@ -112,12 +113,6 @@ def library():
 def error() -> str | None:
     """Why `library()` is None (None when it loaded or was never asked for)."""
     return _state.get("error")
-
-
-def usable(*tensors) -> bool:
-    """Whether the native op takes these tensors: float32, on the CPU, and the library loaded."""
-    return all(x is None or (x.dtype == torch.float32 and x.device.type == "cpu") for x in tensors) \
-        and library() is not None
 
 
 def _pointer(x: torch.Tensor | None):
