@@ -1,4 +1,4 @@
-"""The dispatcher of the fast-weight op (`lmsleep/ops/gated_delta_rule/dispatch.py`): every backend named
+"""The dispatcher of the fast-weight op (`lmsleep/ops/delta_rule/dispatch.py`): every backend named
 explicitly against the float64 reference (forward and gradients), what `auto` picks, LMSLEEP_NATIVE=0,
 refused names, fla's wiring (faked on a CPU) and the layer's use_fla."""
 import pytest
@@ -6,8 +6,7 @@ import torch
 
 from lmsleep.layers import GatedDeltaNet
 from lmsleep.ops import BACKENDS, auto_backend, gated_delta_rule, recurrent_gated_delta_rule
-from lmsleep.ops.gated_delta_rule import fla, library, native
-from helpers import tiny_config
+from lmsleep.ops.delta_rule import fla, library, native
 from test_op import _forward_and_grads, random_inputs
 
 HAS_NATIVE = library._compiler() is not None and library.library() is not None
@@ -166,7 +165,7 @@ def test_fla_takes_the_inputs_as_given_when_picked(fake_fla):
 
 
 def test_a_layer_with_use_fla_off_leaves_fla_out(fake_fla):
-    layer = GatedDeltaNet(tiny_config()).double()
+    layer = GatedDeltaNet(32, 2, 8, 6).double()
     x = torch.randn(2, 5, layer.qkv.in_features, dtype=torch.float64)
     with_fla, _ = layer(x, None)
     assert len(fake_fla) == 1

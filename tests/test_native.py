@@ -1,4 +1,4 @@
-"""The native op (`lmsleep/ops/gated_delta_rule/native.py`, `library.py` + `csrc/gated_delta_rule.c`), forward and
+"""The native op (`lmsleep/ops/delta_rule/native.py`, `library.py` + `csrc/gated_delta_rule.c`), forward and
 gradients, against the float64 recurrent reference; its dispatch from the public op; its fallbacks (no compiler,
 a failed build)."""
 import shutil
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lmsleep.ops import auto_backend, gated_delta_rule, native_chunk_gated_delta_rule, recurrent_gated_delta_rule
-from lmsleep.ops.gated_delta_rule import chunk_fast, library, native
+from lmsleep.ops.delta_rule import chunk_fast, library, native
 from test_op import _forward_and_grads, random_inputs
 
 HAS_COMPILER = library._compiler() is not None

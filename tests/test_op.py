@@ -11,7 +11,7 @@ from lmsleep.ops import (
     gated_delta_rule,
     recurrent_gated_delta_rule,
 )
-from lmsleep.ops.gated_delta_rule import chunk_fast, common
+from lmsleep.ops.delta_rule import chunk_fast, common
 
 
 def random_inputs(batch, time, heads, key_dim, value_dim, dtype, with_state, strong_decay=False):

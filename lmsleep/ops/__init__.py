@@ -1,6 +1,6 @@
-"""Pure tensor functions: the fast-weight rule (package `gated_delta_rule/`: the reference, the chunked torch
+"""Pure tensor functions: the fast-weight rule (package `delta_rule/`: the reference, the chunked torch
 paths, the native C op, fla's kernel on CUDA, and the dispatcher that picks among them) and windowed attention."""
-from .gated_delta_rule import (
+from .delta_rule import (
     BACKENDS,
     auto_backend,
     chunk_gated_delta_rule,

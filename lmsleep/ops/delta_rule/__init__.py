@@ -9,10 +9,8 @@
     fla.py         fla_chunk_gated_delta_rule: flash-linear-attention's kernel (CUDA, optional import)
     common.py      what the two fast paths share: chunk lengths, threads over (batch row, head) blocks
 
-`lmsleep.ops` exports the function `gated_delta_rule` under this package's name, so the attribute
-`lmsleep.ops.gated_delta_rule` is the function: reach a file here with
-`from lmsleep.ops.gated_delta_rule import native` (which goes through sys.modules), not with
-`import lmsleep.ops.gated_delta_rule.native` or a dotted string (those walk attributes).
+The package is named `delta_rule`, not `gated_delta_rule`, so that `lmsleep.ops.gated_delta_rule` is the
+public function and never hides a package of the same name.
 """
 from .chunk import chunk_gated_delta_rule
 from .chunk_fast import fast_chunk_gated_delta_rule

@@ -1,6 +1,6 @@
 /* The chunked gated delta rule for float32 on a CPU, forward and backward, one (batch row, head) at a time.
 
-   Computes what lmsleep/ops/gated_delta_rule/chunk_fast.py computes, in its notation, and its backward the
+   Computes what lmsleep/ops/delta_rule/chunk_fast.py computes, in its notation, and its backward the
    same way. Per chunk of C tokens, with G = cumsum(g), Γ = exp(G), D_ij = exp(G_i − G_j) (j ≤ i) and S
    the state entering the chunk:
 
@@ -25,7 +25,7 @@
    Every buffer is padded to whole vectors (16 floats) with zeros, and so is every chunk: it is laid out
    as C = ⌈length / 16⌉·16 rows, those past its tokens (and past the end of the sequence) standing for
    tokens whose q = k = v = 0, β = 0 and g = 0, which change nothing.
-   Called from Python through ctypes (lmsleep/ops/gated_delta_rule/library.py; native.py wraps it as an
+   Called from Python through ctypes (lmsleep/ops/delta_rule/library.py; native.py wraps it as an
    autograd Function) for a range of (row, head) pairs, so that threads can share the work; the GIL is
    released while it runs. */
 
