@@ -59,7 +59,7 @@ def checksum(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:
     for name in sorted(tensors):
         t = tensors[name].detach().cpu().contiguous()
         digest.update(json.dumps([name, str(t.dtype), list(t.shape)]).encode())
-        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy())  # the bytes as stored, without a copy
     rest = {key: value for key, value in metadata.items() if key != "checksum"}
     digest.update(json.dumps(rest, sort_keys=True).encode())
     return "sha256:" + digest.hexdigest()
@@ -88,7 +88,8 @@ def load_tensors(path, format: str, version: int, what: str,
             metadata = handle.metadata() or {}
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as error:
-        raise ValueError(f"{what} file {path} is truncated or corrupt (not a readable safetensors file: {error})") from None
+        raise ValueError(f"{what} file {path} is truncated or corrupt (not a readable safetensors file: {error})"
+                         ) from None
     if metadata.get("format") != format:
         raise ValueError(f"{path} is not an lmsleep {what} file: its format is {metadata.get('format')!r}, "
                          f"expected {format!r}")
@@ -127,9 +128,11 @@ def pack_state(state) -> tuple[dict[str, torch.Tensor], str]:
             tensors[where] = value
             return {"tensor": where}
         if isinstance(value, dict):
-            return {"dict": [[encode(k, f"{where}.key{i}"), encode(v, f"{where}.{k}")] for i, (k, v) in enumerate(value.items())]}
+            items = enumerate(value.items())
+            return {"dict": [[encode(k, f"{where}.key{i}"), encode(v, f"{where}.{k}")] for i, (k, v) in items]}
         if isinstance(value, (list, tuple)):
-            return {"list" if isinstance(value, list) else "tuple": [encode(v, f"{where}.{i}") for i, v in enumerate(value)]}
+            kind = "list" if isinstance(value, list) else "tuple"
+            return {kind: [encode(v, f"{where}.{i}") for i, v in enumerate(value)]}
         if value is None or isinstance(value, (bool, int, float, str)):
             return value
         raise TypeError(f"cannot store a {type(value).__name__} at {where} in a state file")
@@ -176,7 +179,8 @@ def load_model(directory: str | os.PathLike, map_location: str | torch.device = 
     if not config_path.is_file():
         raise FileNotFoundError(f"model config not found: {config_path}")
     config = SleepConfig.from_json(config_path.read_text())
-    tensors, metadata = load_tensors(directory / WEIGHTS_FILE, MODEL_FORMAT, MODEL_VERSION, "model weights", unchecked=(0,))
+    tensors, metadata = load_tensors(directory / WEIGHTS_FILE, MODEL_FORMAT, MODEL_VERSION, "model weights",
+                                     unchecked=(0,))
     saved = SleepConfig.from_json(metadata.get("config", "{}"))
     if saved != config:
         raise ValueError(f"{config_path} does not match the config the weights were saved with: {config_diff(config, saved)}")

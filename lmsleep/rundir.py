@@ -79,7 +79,8 @@ class RunDirectory:
         shutil.rmtree(self._staging, ignore_errors=True)
         save_model(model, self._staging)
         tensors, description = pack_state(state)
-        save_tensors(self._staging / TRAINING_FILE, tensors, TRAINING_FORMAT, TRAINING_VERSION, {"state": description})
+        save_tensors(self._staging / TRAINING_FILE, tensors, TRAINING_FORMAT, TRAINING_VERSION,
+                     {"state": description})
         if self.checkpoint_path.exists():
             shutil.rmtree(self._old, ignore_errors=True)
             self.checkpoint_path.rename(self._old)
@@ -94,7 +95,8 @@ class RunDirectory:
 
     def has_checkpoint(self) -> bool:
         directory = self._checkpoint_directory()
-        return directory is not None and any((directory / name).is_file() for name in (TRAINING_FILE, PICKLED_TRAINING_FILE))
+        return directory is not None and any((directory / name).is_file()
+                                             for name in (TRAINING_FILE, PICKLED_TRAINING_FILE))
 
     def load_checkpoint(self, map_location="cpu") -> tuple[SleepLM, dict]:
         """(model, training state) of the latest checkpoint. Raises FileNotFoundError without one and
@@ -104,9 +106,9 @@ class RunDirectory:
             raise FileNotFoundError(f"no checkpoint to resume in {self.path} (no {self.checkpoint_path.name}/ "
                                     f"with {TRAINING_FILE})")
         if not (directory / TRAINING_FILE).is_file():
-            raise ValueError(f"{directory / PICKLED_TRAINING_FILE} was written by an older lmsleep as a pickle; it is not "
-                             "loaded because unpickling a file can run arbitrary code. Start the run again, or "
-                             "fine-tune from its weights with init_from")
+            raise ValueError(f"{directory / PICKLED_TRAINING_FILE} was written by an older lmsleep as a pickle; "
+                             "it is not loaded because unpickling a file can run arbitrary code. Start the run "
+                             "again, or fine-tune from its weights with init_from")
         tensors, metadata = load_tensors(directory / TRAINING_FILE, TRAINING_FORMAT, TRAINING_VERSION, "training state")
         state = unpack_state(tensors, metadata.get("state", ""), f"training state file {directory / TRAINING_FILE}")
         return load_model(directory, map_location), state

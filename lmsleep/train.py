@@ -5,11 +5,10 @@ all); linear warm-up then cosine decay; gradient clipping; a step with non-finit
 skipped and logged. Batches are a pure function of (seed, step), so a run resumed from a checkpoint, or
 split over several processes (torchrun, gloo), sees exactly the batches of an uninterrupted 1-process run.
 
-Files in the run directory:
+Files in the run directory (lmsleep/rundir.py owns them):
     metrics.jsonl   one JSON object per log/eval event (step, tokens, wall time, FLOPs, losses, accuracies)
     checkpoint/     model (safetensors + config.json) and training.safetensors (optimisers, schedulers, RNG, step)
     train.json      the TrainConfig of the run
-(lmsleep/rundir.py owns them.)
 """
 from __future__ import annotations
 
@@ -400,7 +399,7 @@ class Trainer:
             "optimizers": [o.state_dict() for o in self.optimizers],
             "schedulers": [s.state_dict() for s in self.schedulers],
             "rng": torch.get_rng_state(),
-            "train_config": asdict(self.cfg),
+            "train_config": json.loads(self.cfg.to_json()),  # as the JSON it is compared with on resume
         })
 
     def _resume(self) -> None:
