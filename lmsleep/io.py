@@ -91,7 +91,8 @@ def load_tensors(path, format: str, version: int, what: str,
         raise ValueError(f"{what} file {path} is truncated or corrupt (not a readable safetensors file: {error})"
                          ) from None
     if metadata.get("format") != format:
-        raise ValueError(f"{path} is not an lmsleep {what} file: its format is {metadata.get('format')!r}, "
+        kind = what.replace(" ", "-")  # "a memory-state file"
+        raise ValueError(f"{path} is not an lmsleep {kind} file: its format is {metadata.get('format')!r}, "
                          f"expected {format!r}")
     found = metadata.get("version", "0")
     if not found.isdigit():

@@ -25,7 +25,10 @@ def load_runs(sweep_dir: Path) -> list[dict]:
         run = RunDirectory(directory)
         if config_file is None or not run.metrics_path.exists():
             continue
-        config = json.loads(config_file.read_text())
+        try:
+            config = json.loads(config_file.read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{config_file} is not valid JSON: {error}") from None
         records = run.records()
         evals = [r for r in records if "eval" in r]
         if not evals:

@@ -213,3 +213,18 @@ def test_a_run_sigkilled_again_and_again_resumes_and_ends_like_an_uninterrupted_
         for key in straight:  # weights, optimiser moments and RNG state, bit for bit
             assert torch.equal(straight[key], killed[key]), (name, key)
     assert json.loads((run.path / "train.json").read_text()) == json.loads(cfg.to_json())
+
+
+def test_the_report_reads_runs_through_the_run_directory(tmp_path):
+    from lmsleep.report import load_runs
+
+    run = RunDirectory(tmp_path / "sleep-N1-s0")
+    run.start(tiny_train_config(steps=4).to_json())
+    run.log({"step": 4, "eval": {"N2": {"exact": 0.5}}})
+    with open(run.metrics_path, "a") as handle:
+        handle.write('{"step": 5, "ev')  # a run killed mid-write still reports what it logged
+    (runs,) = load_runs(tmp_path)
+    assert runs["name"] == "sleep-N1-s0" and [e["step"] for e in runs["evals"]] == [4] and runs["steps"] == 4
+    run.config_path.write_text('{"steps": ')
+    with pytest.raises(ValueError, match="train.json is not valid JSON"):
+        load_runs(tmp_path)
