@@ -198,7 +198,7 @@ def test_a_run_sigkilled_again_and_again_resumes_and_ends_like_an_uninterrupted_
             assert run.load_checkpoint()[1]["step"] <= cfg.steps  # whatever the moment, it loads
     process = context.Process(target=_train, args=(str(run.path), cfg.to_json()))
     process.start()
-    process.join()
+    process.join(timeout=120)
     assert process.exitcode == 0 and run.state(cfg.steps, True) == "done"
     assert kills >= 5
     print(f"{kills} kills, {mid_save} left a checkpoint swap unfinished")
