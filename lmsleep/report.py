@@ -13,6 +13,8 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
+from .rundir import RunDirectory
+
 METRIC = {"rule110": "exact"}  # other tasks: "answer" (several queries per example; per-answer accuracy)
 
 
@@ -20,11 +22,14 @@ def load_runs(sweep_dir: Path) -> list[dict]:
     runs = []
     for directory in sorted(p for p in sweep_dir.iterdir() if p.is_dir()):
         config_file = next((directory / n for n in ("sweep-config.json", "train.json") if (directory / n).exists()), None)
-        metrics = directory / "metrics.jsonl"
-        if config_file is None or not metrics.exists():
+        run = RunDirectory(directory)
+        if config_file is None or not run.metrics_path.exists():
             continue
-        config = json.loads(config_file.read_text())
-        records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+        try:
+            config = json.loads(config_file.read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{config_file} is not valid JSON: {error}") from None
+        records = run.records()
         evals = [r for r in records if "eval" in r]
         if not evals:
             continue

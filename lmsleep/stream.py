@@ -19,7 +19,7 @@ from .io import config_diff, load_tensors, save_tensors
 from .model import SleepLM
 
 FORMAT = "lmsleep-memory"
-VERSION = "1"
+VERSION = 2  # version 1: the same contents, written before files carried a checksum
 
 
 class SleepStream:
@@ -108,25 +108,18 @@ class SleepStream:
         if self.features:
             tensors["features"] = torch.cat(self.features, dim=1)
         metadata = {
-            "format": FORMAT,
-            "version": VERSION,
             "config": self.model.config.to_json(),
             "state": json.dumps(
                 {"batch_size": self.batch_size, "passes": self.passes, "position": self.position,
                  "tokens_seen": self.tokens_seen, "sleeps": self.sleeps}
             ),
         }
-        save_tensors(path, tensors, metadata)
+        save_tensors(path, tensors, FORMAT, VERSION, metadata)
 
     @classmethod
     def load(cls, model: SleepLM, path) -> "SleepStream":
         """Restore a stream saved by `save`, refusing a file made for another model config."""
-        tensors, metadata = load_tensors(path, "memory state")
-        if metadata.get("format") != FORMAT or metadata.get("version") != VERSION:
-            raise ValueError(
-                f"{path} is not an lmsleep memory-state file of version {VERSION} "
-                f"(format={metadata.get('format')!r}, version={metadata.get('version')!r})"
-            )
+        tensors, metadata = load_tensors(path, FORMAT, VERSION, "memory state", unchecked=(1,))
         saved = SleepConfig.from_json(metadata["config"])
         if saved != model.config:
             raise ValueError(f"memory state {path} was saved for a different model config: {config_diff(model.config, saved)}")

@@ -26,6 +26,8 @@ from pathlib import Path
 
 from . import validate
 from .config import MODEL_KINDS, model_fields
+from .io import write_text
+from .rundir import RunDirectory
 from .train import TrainConfig, Trainer
 
 # The model kinds, plus one kind of training: "matched-steps", an N = 1 sleep model trained `passes`× the steps.
@@ -135,15 +137,7 @@ def expand(sweep: dict) -> list[tuple[str, TrainConfig]]:
 
 def run_state(directory: Path, cfg: TrainConfig) -> str:
     """'done', 'partial' (a checkpoint to resume) or 'new'."""
-    metrics = directory / "metrics.jsonl"
-    if metrics.exists():
-        records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-        finished = any(r["step"] == cfg.steps and "eval" in r for r in records)
-        if finished and (not cfg.final_eval_passes or any("final_eval" in r for r in records)):
-            return "done"
-    if (directory / "checkpoint" / "training.pt").exists() or (directory / "checkpoint.old" / "training.pt").exists():
-        return "partial"
-    return "new"
+    return RunDirectory(directory).state(cfg.steps, needs_final_eval=bool(cfg.final_eval_passes))
 
 
 def estimate_seconds(cfg: TrainConfig, probe_steps: int = 2) -> float:
@@ -171,7 +165,7 @@ def estimate_seconds(cfg: TrainConfig, probe_steps: int = 2) -> float:
 def run_sweep(sweep: dict, out: str | os.PathLike, jobs: int = 2, estimate_only: bool = False) -> list[str]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "sweep.json").write_text(json.dumps(sweep, indent=2) + "\n")
+    write_text(out / "sweep.json", json.dumps(sweep, indent=2) + "\n")
     runs = expand(sweep)
     todo = [(name, cfg) for name, cfg in runs if run_state(out / name, cfg) != "done"]
     print(f"sweep {sweep.get('name', '')}: {len(runs)} runs, {len(runs) - len(todo)} already done, {len(todo)} to run "
@@ -213,7 +207,7 @@ def run_sweep(sweep: dict, out: str | os.PathLike, jobs: int = 2, estimate_only:
 def _launch(directory: Path, cfg: TrainConfig) -> subprocess.Popen:
     directory.mkdir(parents=True, exist_ok=True)
     config_file = directory / "sweep-config.json"
-    config_file.write_text(cfg.to_json() + "\n")
+    write_text(config_file, cfg.to_json() + "\n")
     command = [sys.executable, "-m", "lmsleep.cli", "train", "--config", str(config_file), "--out", str(directory),
                "--no-progress", "--threads", "1"]
     if run_state(directory, cfg) == "partial":

@@ -5,9 +5,9 @@ all); linear warm-up then cosine decay; gradient clipping; a step with non-finit
 skipped and logged. Batches are a pure function of (seed, step), so a run resumed from a checkpoint, or
 split over several processes (torchrun, gloo), sees exactly the batches of an uninterrupted 1-process run.
 
-Files in the run directory:
+Files in the run directory (lmsleep/rundir.py owns them):
     metrics.jsonl   one JSON object per log/eval event (step, tokens, wall time, FLOPs, losses, accuracies)
-    checkpoint/     model (safetensors + config.json) and training.pt (optimisers, schedulers, RNG, step)
+    checkpoint/     model (safetensors + config.json) and training.safetensors (optimisers, schedulers, RNG, step)
     train.json      the TrainConfig of the run
 """
 from __future__ import annotations
@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -27,8 +26,9 @@ from torch.nn.parallel import DistributedDataParallel
 
 from . import validate
 from .config import SleepConfig
-from .io import config_diff, load_model, save_model, write_text
+from .io import config_diff, load_model
 from .model import SleepLM
+from .rundir import RunDirectory
 from .tasks import TASKS, batch, score
 
 OPTIMIZERS = ("muon", "adamw")
@@ -185,6 +185,7 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, out_dir: str | os.PathLike, resume: bool = False, progress: bool = True):
         self.cfg, self.out = cfg, Path(out_dir)
+        self.run_dir = RunDirectory(out_dir)
         self.progress = progress
         self.rank, self.world = _distributed()
         if cfg.batch_size % self.world:
@@ -208,9 +209,7 @@ class Trainer:
         if resume:
             self._resume()
         elif self.rank == 0:
-            self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "metrics.jsonl").write_text("")
-            write_text(self.out / "train.json", cfg.to_json() + "\n")
+            self.run_dir.start(cfg.to_json() + "\n")
         loss = _Loss(self.model, cfg.activation_checkpointing)
         # DDP averages gradients over processes; its hooks run on the wrapper's forward, so wrap the loss.
         self.loss_fn = DistributedDataParallel(loss) if self.world > 1 else loss
@@ -318,8 +317,7 @@ class Trainer:
         self.records.append(record)
         if self.rank != 0:
             return
-        with open(self.out / "metrics.jsonl", "a") as handle:
-            handle.write(json.dumps(record) + "\n")
+        self.run_dir.log(record)
         if self.writer is not None:
             for key, value in _flatten(record).items():
                 if isinstance(value, (int, float)) and key != "step":
@@ -335,40 +333,24 @@ class Trainer:
     # ----- checkpoints -----
 
     def save_checkpoint(self) -> None:
-        """Write checkpoint/ atomically: build it beside, then swap directories (old kept until done)."""
+        """Write checkpoint/ (model + training state); a kill at any moment leaves one that resumes."""
         if self.rank != 0:
             return
         if not all(torch.isfinite(p).all() for p in self.model.parameters()):
             self._log({"step": self.step, "warning": "non-finite weights: checkpoint not written"})
             return
-        final, staging, old = self.out / "checkpoint", self.out / "checkpoint.new", self.out / "checkpoint.old"
-        shutil.rmtree(staging, ignore_errors=True)
-        save_model(self.model, staging)
-        state = {
+        self.run_dir.save_checkpoint(self.model, {
             "step": self.step, "wall": self.wall, "skipped": self.skipped,
             "optimizers": [o.state_dict() for o in self.optimizers],
             "schedulers": [s.state_dict() for s in self.schedulers],
             "rng": torch.get_rng_state(),
-            "train_config": asdict(self.cfg),
-        }
-        torch.save(state, staging / "training.pt")
-        if final.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            final.rename(old)
-        staging.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
+            "train_config": json.loads(self.cfg.to_json()),  # as the JSON it is compared with on resume
+        })
 
     def _resume(self) -> None:
-        directory = self.out / "checkpoint"
-        if not directory.exists() and (self.out / "checkpoint.old").exists():
-            directory = self.out / "checkpoint.old"  # a crash between the two renames
-        if not (directory / "training.pt").is_file():
-            raise FileNotFoundError(f"--resume: no checkpoint in {self.out}")
-        state = torch.load(directory / "training.pt", weights_only=False)
-        saved_cfg = TrainConfig(**state["train_config"])
-        if asdict(saved_cfg) != asdict(self.cfg):
+        loaded, state = self.run_dir.load_checkpoint()
+        if state["train_config"] != json.loads(self.cfg.to_json()):
             raise ValueError(f"--resume: {self.out} was trained with a different configuration")
-        loaded = load_model(directory)
         self.model.load_state_dict(loaded.state_dict())
         for o, s in zip(self.optimizers, state["optimizers"]):
             o.load_state_dict(s)
@@ -377,9 +359,7 @@ class Trainer:
         torch.set_rng_state(state["rng"])
         self.step, self.wall, self.skipped = state["step"], state["wall"], state["skipped"]
         if self.rank == 0:  # drop records logged after the checkpoint: they will be logged again
-            lines = (self.out / "metrics.jsonl").read_text().splitlines() if (self.out / "metrics.jsonl").exists() else []
-            kept = [line for line in lines if json.loads(line)["step"] <= self.step]
-            (self.out / "metrics.jsonl").write_text("".join(line + "\n" for line in kept))
+            self.run_dir.truncate_after(self.step)
 
 
 class _Loss(torch.nn.Module):

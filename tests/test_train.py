@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from lmsleep.cli import main
+from lmsleep.rundir import RunDirectory
 from lmsleep.train import TrainConfig, Trainer, lr_factor
 
 TINY_MODEL = {"d_model": 32, "mlp_hidden": 64, "n_heads": 2, "head_dim": 8, "n_fast_heads": 2, "fast_key_dim": 8,
@@ -47,8 +48,8 @@ def test_interrupted_and_resumed_run_ends_exactly_like_an_uninterrupted_one(tmp_
     resumed.run()
 
     assert metrics(tmp_path / "resumed") == metrics(tmp_path / "straight")
-    a = torch.load(tmp_path / "straight" / "checkpoint" / "training.pt", weights_only=False)
-    b = torch.load(tmp_path / "resumed" / "checkpoint" / "training.pt", weights_only=False)
+    _, a = RunDirectory(tmp_path / "straight").load_checkpoint()
+    _, b = RunDirectory(tmp_path / "resumed").load_checkpoint()
     assert a["step"] == b["step"] == 8
     from lmsleep.io import load_model
 
