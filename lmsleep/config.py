@@ -36,6 +36,7 @@ class SleepConfig:
     rope_theta: float = 10000.0
     norm_eps: float = 1e-6
     tie_embeddings: bool = False
+    vocabulary: str = "chars"
 
     def __post_init__(self) -> None:
         positive = (
@@ -51,6 +52,8 @@ class SleepConfig:
                 f"SleepConfig.layout must be a non-empty string of 'A' (attention) and 'G' (fast-weight) "
                 f"blocks, got {self.layout!r}"
             )
+        if not isinstance(self.vocabulary, str) or not self.vocabulary:
+            raise ValueError(f"SleepConfig.vocabulary must be a non-empty string, got {self.vocabulary!r}")
         if self.eviction not in EVICTION_MODES:
             raise ValueError(f"SleepConfig.eviction must be one of {EVICTION_MODES}, got {self.eviction!r}")
         n_blocks = len(self.layout)

@@ -25,7 +25,9 @@ import random
 from dataclasses import dataclass
 
 from .example import Answer, Example, check_range, make_example
-from .vocab import LETTERS, left_pad
+from .vocab import CHARACTERS, LETTERS, left_pad
+
+VOCABULARY = CHARACTERS  # the paper-1 tasks share one vocabulary, so one model can learn them all
 
 MAX_NODES = len(LETTERS) ** 2
 
@@ -84,7 +86,7 @@ def generate(options: Options, n: int, seed: int) -> list[Example]:
             answer = cycle[(start + k) % len(cycle)]
             queries.append({"k": k, "source": cycle[start], "answer": answer})
             pieces += [f"{k:0{k_width}d}{cycle[start]}:", Answer(answer, bucket=k), ";"]
-        examples.append(make_example(pieces, {"edges": edges, "queries": queries}))
+        examples.append(make_example(pieces, {"edges": edges, "queries": queries}, VOCABULARY))
     return examples
 
 
