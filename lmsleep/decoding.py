@@ -94,7 +94,8 @@ def _at_least_float32(logits: torch.Tensor) -> torch.Tensor:
 def generator_for(device: torch.device | str, seed: int | None = None,
                   generator: torch.Generator | None = None) -> torch.Generator | None:
     """The generator a sampler draws with: `generator` as given, a fresh one seeded with `seed` on
-    `device`, or None (torch's global generator) when neither is given."""
+    `device`, or None (torch's global generator) when neither is given. A seed reproduces the tokens on the
+    same kind of device; CPU and CUDA generators draw different streams."""
     if seed is not None and generator is not None:
         raise ValueError("give a seed or a generator, not both")
     if generator is not None:
