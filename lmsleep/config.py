@@ -73,7 +73,7 @@ class SleepConfig:
         validate.positive_number("SleepConfig.rope_theta", self.rope_theta)
         validate.positive_number("SleepConfig.norm_eps", self.norm_eps)
         if not self.vocabulary:
-            raise ValueError("SleepConfig.vocabulary must be a non-empty vocabulary name, got ''")
+            raise ValueError("SleepConfig.vocabulary must be a non-empty string, got ''")
 
     @property
     def resolved_loop_end(self) -> int:

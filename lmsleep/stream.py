@@ -15,6 +15,7 @@ import torch
 
 from . import validate
 from .config import SleepConfig
+from .decoding import Picked, Sampling, finish_generation, generator_for, pick
 from .io import config_diff, load_tensors, save_tensors
 from .model import SleepLM
 
@@ -83,18 +84,44 @@ class SleepStream:
         self.sleeps += 1
 
     @torch.no_grad()
-    def generate(self, prompt: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
-        """Greedy generation: feed the prompt, then feed back the argmax token `max_new_tokens` times."""
+    def generate(self, prompt: torch.Tensor, max_new_tokens: int, *, temperature: float = 0.0,
+                 top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
+                 generator: torch.Generator | None = None, stop_token: int | None = None,
+                 return_logprobs: bool = False):
+        """Feed the prompt, then pick a token from the last logits and feed it back, `max_new_tokens` times.
+
+        temperature 0 (the default) is greedy (argmax); otherwise tokens are sampled with temperature,
+        top_k and top_p as lmsleep.decoding describes, drawn with `generator` or a fresh one seeded with
+        `seed` (same seed, same tokens). A row that emits `stop_token` has finished: it keeps emitting (and
+        being fed) stop_token, and generation ends early once every row has finished (the rest of the
+        columns hold stop_token). Returns the tokens [batch, max_new_tokens], or with return_logprobs a
+        decoding.Generation that adds each token's log-probabilities and a mask of the real tokens.
+        """
         validate.non_negative_int("max_new_tokens", max_new_tokens)
+        sampling = Sampling(temperature, top_k, top_p)
+        device = next(self.model.parameters()).device
+        generator = generator_for(device, seed, generator)
+        vocab_size = self.model.config.vocab_size
+        if stop_token is not None and (isinstance(stop_token, bool) or not isinstance(stop_token, int)
+                                       or not 0 <= stop_token < vocab_size):
+            raise ValueError(f"stop_token must be a token id in [0, {vocab_size}) or None, got {stop_token!r}")
         logits = self.feed(prompt)
         if logits.shape[1] == 0:
             raise ValueError("generate needs a prompt of at least one token")
-        generated = []
+        finished = torch.zeros(self.batch_size, dtype=torch.bool, device=logits.device)
+        steps: list[Picked] = []
         for _ in range(max_new_tokens):
-            next_token = logits[:, -1].argmax(-1, keepdim=True)
-            generated.append(next_token)
-            logits = self.feed(next_token)
-        return torch.cat(generated, dim=1) if generated else logits.new_zeros(self.batch_size, 0, dtype=torch.long)
+            picked = pick(logits[:, -1], sampling, generator)
+            if stop_token is not None:  # a finished row's forced stop token is certain: log-probability 0
+                picked = Picked(*(torch.where(finished, fill, value) for fill, value in
+                                  zip((stop_token, 0.0, 0.0), picked)))
+            steps.append(picked)
+            logits = self.feed(picked.tokens[:, None])
+            if stop_token is not None:
+                finished = finished | (picked.tokens == stop_token)
+                if finished.all():
+                    break
+        return finish_generation(steps, max_new_tokens, self.batch_size, stop_token, logits.device, return_logprobs)
 
     # ----- persistence -----
 

@@ -29,7 +29,7 @@ from .config import SleepConfig
 from .io import config_diff, load_model
 from .model import SleepLM
 from .rundir import RunDirectory
-from .tasks import TASKS, batch, score
+from .tasks import TASKS, batch, check_vocabulary, score, vocabulary
 
 OPTIMIZERS = ("muon", "adamw")
 EVAL_SEED = 2**31 - 1  # the held-out set; training batch seeds are derived from (seed, step) below
@@ -39,7 +39,7 @@ EVAL_SEED = 2**31 - 1  # the held-out set; training batch seeds are derived from
 class TrainConfig:
     task: str = "rule110"
     task_options: dict = field(default_factory=dict)
-    model: dict = field(default_factory=dict)  # SleepConfig fields; vocab_size and window filled from the task
+    model: dict = field(default_factory=dict)  # SleepConfig fields; vocab_size, vocabulary, window from the task
     steps: int = 300
     batch_size: int = 32
     optimizer: str = "muon"
@@ -128,9 +128,12 @@ class TrainConfig:
         return validate.from_dict(self.task_module().Options, values, f"{what} of task {self.task!r}")
 
     def model_config(self) -> SleepConfig:
-        from .tasks import VOCAB_SIZE
-
-        fields_ = {"vocab_size": VOCAB_SIZE, "window": self.task_options_object().window, **self.model}
+        vocab = vocabulary(self.task)
+        if self.model.get("vocabulary", vocab.identity) != vocab.identity:
+            raise ValueError(f"TrainConfig.model.vocabulary is {self.model['vocabulary']!r}, but task {self.task!r} "
+                             f"is written in vocabulary {vocab.identity!r} (leave it out: the task fills it)")
+        fields_ = {"vocab_size": vocab.size, "vocabulary": vocab.identity,
+                   "window": self.task_options_object().window, **self.model}
         return validate.from_dict(SleepConfig, fields_, "TrainConfig.model")
 
     def to_json(self) -> str:
@@ -166,13 +169,15 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
 
 def initial_weights(path: str | os.PathLike, config: SleepConfig) -> dict[str, torch.Tensor]:
     """The weights of the model saved at `path` (a model directory, or a run directory with checkpoint/),
-    checked to fit `config` up to N: a model trained at one N may be fine-tuned at another."""
+    checked to fit `config` up to N (a model trained at one N may be fine-tuned at another), its vocabulary first."""
     directory = Path(path)
     if not (directory / "config.json").is_file() and (directory / "checkpoint" / "config.json").is_file():
         directory = directory / "checkpoint"
     if not directory.is_dir():
         raise FileNotFoundError(f"init_from: no model directory at {path}")
     source = load_model(directory)
+    check_vocabulary(source.config.vocabulary, config.vocabulary, model=f"init_from: the model at {directory}",
+                     user="this run's task")
     at_this_n = source.config.replace(sleep_passes=config.sleep_passes)
     if at_this_n != config:
         raise ValueError(f"init_from: the model at {directory} has another architecture than this run's: "

@@ -2,19 +2,43 @@
 
     Options(...)                 frozen dataclass of difficulty options; bad values raise ValueError
     Options().window             L, the window the task is laid out for
+    VOCABULARY                   the tasks.vocab.Vocabulary its text is written in
     generate(options, n, seed)   -> list[Example], deterministic in seed, all of one length T
     solve(raw)                   -> list[str], the answers recomputed from Example.raw alone
 
-All tasks share one vocabulary (tasks.vocab, VOCAB_SIZE tokens); `batch` stacks examples into tensors
-and `score` turns predicted tokens into exact / per-answer / per-bucket accuracies (tasks.example).
+The three share one character vocabulary (tasks.vocab.CHARACTERS, VOCAB_SIZE tokens); `batch` stacks
+examples into tensors and `score` turns predicted tokens into exact / per-answer / per-bucket accuracies
+(tasks.example). A model records the identity of the vocabulary it was trained with; `check_model_vocabulary`
+refuses to pair it with a task written in another.
 """
 from . import depo, rule110, symbolic_math
 from .example import Answer, Example, batch, masked_targets, score
-from .vocab import VOCAB_SIZE, decode, encode
+from .vocab import VOCAB_SIZE, CharVocabulary, Vocabulary, WordVocabulary, check_vocabulary, decode, encode
 
 TASKS = {"rule110": rule110, "depo": depo, "math": symbolic_math}
 
+
+def vocabulary(task: str) -> Vocabulary:
+    """The vocabulary task `task` (a key of TASKS) is written in."""
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; tasks are {sorted(TASKS)}")
+    return TASKS[task].VOCABULARY
+
+
+def check_model_vocabulary(config, task: str, model: str = "the model") -> None:
+    """Refuse a model (its SleepConfig `config`) trained with another vocabulary than task `task`'s, or
+    whose embedding has fewer rows than that vocabulary has tokens."""
+    expected = vocabulary(task)
+    check_vocabulary(config.vocabulary, expected.identity, model=model, user=f"task {task!r}")
+    if config.vocab_size < expected.size:
+        raise ValueError(
+            f"{model} has vocab_size {config.vocab_size}, fewer than the {expected.size} tokens of task {task!r}'s "
+            f"vocabulary {expected.identity!r}"
+        )
+
+
 __all__ = [
-    "TASKS", "Answer", "Example", "VOCAB_SIZE", "batch", "decode", "depo", "encode", "masked_targets", "rule110",
-    "score", "symbolic_math",
+    "TASKS", "Answer", "CharVocabulary", "Example", "VOCAB_SIZE", "Vocabulary", "WordVocabulary", "batch",
+    "check_model_vocabulary", "check_vocabulary", "decode", "depo", "encode", "masked_targets", "rule110", "score",
+    "symbolic_math", "vocabulary",
 ]

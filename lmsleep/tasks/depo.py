@@ -26,7 +26,9 @@ from dataclasses import dataclass
 
 from .. import validate
 from .example import Answer, Example, make_example
-from .vocab import LETTERS, left_pad
+from .vocab import CHARACTERS, LETTERS, left_pad
+
+VOCABULARY = CHARACTERS  # the paper-1 tasks share one vocabulary, so one model can learn them all
 
 MAX_NODES = len(LETTERS) ** 2
 
@@ -85,7 +87,7 @@ def generate(options: Options, n: int, seed: int) -> list[Example]:
             answer = cycle[(start + k) % len(cycle)]
             queries.append({"k": k, "source": cycle[start], "answer": answer})
             pieces += [f"{k:0{k_width}d}{cycle[start]}:", Answer(answer, bucket=k), ";"]
-        examples.append(make_example(pieces, {"edges": edges, "queries": queries}))
+        examples.append(make_example(pieces, {"edges": edges, "queries": queries}, VOCABULARY))
     return examples
 
 

@@ -19,7 +19,7 @@ from typing import NamedTuple, Sequence
 
 import torch
 
-from .vocab import decode, encode
+from .vocab import CHARACTERS, Vocabulary
 
 NOT_AN_ANSWER = -1
 
@@ -39,15 +39,16 @@ class Example:
     bucket: list[int]
     answer_id: list[int]
     raw: dict  # JSON-serialisable structure the example was built from; the task's solve() reads it
-    input_text: str  # decode(tokens)
+    input_text: str  # the vocabulary's decode(tokens)
     target_text: str  # the answers in order, separated by spaces
 
     def __len__(self) -> int:
         return len(self.tokens)
 
 
-def make_example(pieces: Sequence[str | Answer], raw: dict) -> Example:
-    """Concatenate text pieces into one sequence; the `Answer` pieces become the loss positions.
+def make_example(pieces: Sequence[str | Answer], raw: dict, vocabulary: Vocabulary = CHARACTERS) -> Example:
+    """Concatenate text pieces, each encoded with `vocabulary`, into one sequence; the `Answer` pieces
+    become the loss positions.
 
     Position i reads sequence[i] and predicts sequence[i + 1], so an answer token at sequence position j
     is scored at position j - 1 (e.g. the SEP before a label predicts the label).
@@ -55,12 +56,12 @@ def make_example(pieces: Sequence[str | Answer], raw: dict) -> Example:
     sequence, bucket, answer_id, answers = [], [], [], []
     for piece in pieces:
         if isinstance(piece, Answer):
-            ids = encode(piece.text)
+            ids = vocabulary.encode(piece.text)
             bucket += [piece.bucket] * len(ids)
             answer_id += [len(answers)] * len(ids)
             answers.append(piece.text)
         else:
-            ids = encode(piece)
+            ids = vocabulary.encode(piece)
             bucket += [NOT_AN_ANSWER] * len(ids)
             answer_id += [NOT_AN_ANSWER] * len(ids)
         sequence += ids
@@ -73,7 +74,7 @@ def make_example(pieces: Sequence[str | Answer], raw: dict) -> Example:
         bucket=bucket[1:],
         answer_id=answer_id[1:],
         raw=raw,
-        input_text=decode(tokens),
+        input_text=vocabulary.decode(tokens),
         target_text=" ".join(answers),
     )
 

@@ -20,7 +20,9 @@ from dataclasses import dataclass
 
 from .. import validate
 from .example import Answer, Example, make_example
-from .vocab import SEP
+from .vocab import CHARACTERS, SEP
+
+VOCABULARY = CHARACTERS  # the paper-1 tasks share one vocabulary, so one model can learn them all
 
 RULE = 110  # bit (4·left + 2·center + right) of 110 is the cell's next state
 
@@ -60,7 +62,7 @@ def generate(options: Options, n: int, seed: int) -> list[Example]:
         labels = [str(_run(row, t)[0]) for row in rows]
         strings = ["".join(map(str, row)) for row in rows]
         raw = {"strings": strings, "t": t, "labels": labels}
-        examples.append(make_example([*strings, SEP, *(Answer(label, bucket=t) for label in labels)], raw))
+        examples.append(make_example([*strings, SEP, *(Answer(label, bucket=t) for label in labels)], raw, VOCABULARY))
     return examples
 
 

@@ -27,7 +27,9 @@ from dataclasses import dataclass
 
 from .. import validate
 from .example import Answer, Example, make_example
-from .vocab import LETTERS, SEP, left_pad
+from .vocab import CHARACTERS, LETTERS, SEP, left_pad
+
+VOCABULARY = CHARACTERS  # the paper-1 tasks share one vocabulary, so one model can learn them all
 
 OPERATIONS = "+-*"
 PRIMES = (2, 3, 5, 7)  # values stay single digit tokens
@@ -90,7 +92,7 @@ def generate(options: Options, n: int, seed: int) -> list[Example]:
         pieces = [left_pad(question + context, options.window)]
         for q in questions:
             pieces += [SEP, Answer(str(q["answer"]), bucket=q["ops"])]
-        examples.append(make_example(pieces, raw))
+        examples.append(make_example(pieces, raw, VOCABULARY))
     return examples
 
 
