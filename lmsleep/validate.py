@@ -33,9 +33,9 @@ def _is_number(value) -> bool:
     return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
 
 
-def integer(name: str, value, low: int | None = None, high: int | None = None) -> int:
-    """An integer in [low, high] (either bound may be None)."""
-    allowed = "an integer" + _bounds(low, high)
+def integer(name: str, value, low: int | None = None, high: int | None = None, why: str = "") -> int:
+    """An integer in [low, high] (either bound may be None); `why` says where a bound comes from (another field)."""
+    allowed = "an integer" + _bounds(low, high) + (f" ({why})" if why else "")
     if not _is_int(value):
         raise WrongType(f"{name} must be {allowed}, got {value!r}")
     if (low is not None and value < low) or (high is not None and value > high):

@@ -282,7 +282,7 @@ def test_cli_prints_json_lines(data_only_cli, capsys, argv):
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["depo", "--k-max", "20"], "depo.Options.k_max must be an integer in [1, 11], got 20"),
+    (["depo", "--k-max", "20"], "depo.Options.k_max must be an integer in [1, 11] (from k_min to nodes_min − 1), got 20"),
     (["math", "--modulus", "4"], "math.Options.modulus must be one of (2, 3, 5, 7), got 4"),
     (["rule110", "--n", "-1"], "generate.n must be an integer >= 0, got -1"),
 ], ids=["depo-k", "math-modulus", "negative-n"])

@@ -46,12 +46,12 @@ class Options:
 
     def __post_init__(self) -> None:
         validate.integer("depo.Options.nodes_min", self.nodes_min, 2, MAX_NODES)
-        validate.integer("depo.Options.nodes_max (at least nodes_min)", self.nodes_max, self.nodes_min, MAX_NODES)
+        validate.integer("depo.Options.nodes_max", self.nodes_max, self.nodes_min, MAX_NODES, why="at least nodes_min")
         validate.integer("depo.Options.window", self.window, 1)
         validate.integer("depo.Options.queries", self.queries, 1)
         validate.integer("depo.Options.k_min", self.k_min, 1)
         # k < n keeps every hop count distinct from "back to X" (k = n) on the smallest cycle
-        validate.integer("depo.Options.k_max (from k_min to nodes_min − 1)", self.k_max, self.k_min, self.nodes_min - 1)
+        validate.integer("depo.Options.k_max", self.k_max, self.k_min, self.nodes_min - 1, why="from k_min to nodes_min − 1")
 
     @property
     def name_length(self) -> int:

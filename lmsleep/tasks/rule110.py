@@ -40,7 +40,7 @@ class Options:
         validate.integer("rule110.Options.strings", self.strings, 1, 64)
         validate.integer("rule110.Options.bits", self.bits, 3, 4096)
         validate.integer("rule110.Options.t_min", self.t_min, 1, 4096)
-        validate.integer("rule110.Options.t_max (at least t_min)", self.t_max, self.t_min, 4096)
+        validate.integer("rule110.Options.t_max", self.t_max, self.t_min, 4096, why="at least t_min")
 
     @property
     def window(self) -> int:

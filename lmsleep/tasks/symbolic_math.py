@@ -49,9 +49,9 @@ class Options:
 
     def __post_init__(self) -> None:
         validate.integer("math.Options.questions", self.questions, 1, len(LETTERS))
-        validate.integer("math.Options.ops_min (at most 26 // questions)", self.ops_min, 1, len(LETTERS) // self.questions)
-        validate.integer("math.Options.ops_max (from ops_min to 26 // questions)", self.ops_max, self.ops_min, len(LETTERS) // self.questions)
-        validate.integer("math.Options.distractors (at most 26 − questions × ops_max)", self.distractors, 0, len(LETTERS) - self.questions * self.ops_max)
+        validate.integer("math.Options.ops_min", self.ops_min, 1, len(LETTERS) // self.questions, why="at most 26 // questions")
+        validate.integer("math.Options.ops_max", self.ops_max, self.ops_min, len(LETTERS) // self.questions, why="from ops_min to 26 // questions")
+        validate.integer("math.Options.distractors", self.distractors, 0, len(LETTERS) - self.questions * self.ops_max, why="at most 26 − questions × ops_max")
         validate.one_of("math.Options.modulus", self.modulus, PRIMES)
         validate.integer("math.Options.window", self.window, 1)
 
