@@ -1,10 +1,17 @@
-"""`lmsleep report`: turn a sweep directory into plots and a Markdown report.
+"""`lmsleep report`: turn a sweep directory into plots, a Markdown report and summary.json.
+
+Two layouts are read:
+    runs/<sweep>/<run>/           what `lmsleep sweep` writes: the runs are the folder's children
+    results/<sweep>/runs/<run>/   a results folder kept in the repository: only each run's metrics.jsonl
+                                  and config, so the report regenerates from the repository alone
+Either way report.md, summary.json and the figures are written into the folder named on the command line.
 
 Figures (PNG, beside report.md):
     curves.png      held-out accuracy vs training tokens, vs wall time and vs estimated FLOPs, per model/N
     difficulty.png  final accuracy per difficulty bucket (t, k or op count), per model/N
     passes.png      sleep models evaluated at N′ = 1..8 after training at N (final_eval_passes)
-Lines are means over seeds; shaded bands span min..max over seeds.
+Every figure shows the mean over seeds and the spread: shaded bands (curves) or bars (difficulty,
+passes) from the lowest to the highest seed; the legend gives each group's seed count.
 """
 from __future__ import annotations
 
@@ -13,6 +20,9 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
+from .io import atomic_path, write_text
+
+RUNS_SUBDIR = "runs"  # results/<sweep>/runs/<run>/
 METRIC = {"rule110": "exact"}  # other tasks: "answer" (several queries per example; per-answer accuracy)
 
 
@@ -88,7 +98,7 @@ def plot(runs: list[dict], metric: str, out: Path) -> list[str]:
                 mean.append(statistics.fmean(values))
                 low.append(min(values))
                 high.append(max(values))
-            ax.plot(xs, mean, color=color, label=f"{group} ({len(members)} seeds)")
+            ax.plot(xs, mean, color=color, label=f"{group} ({_seeds(len(members))})")
             ax.fill_between(xs, low, high, color=color, alpha=0.15)
             ax.set_xlabel(label)
             ax.set_ylabel(f"held-out {metric} accuracy")
@@ -96,46 +106,74 @@ def plot(runs: list[dict], metric: str, out: Path) -> list[str]:
     axes[0].legend(fontsize=8)
     fig.suptitle("Accuracy during training (mean over seeds, band = min..max)")
     fig.tight_layout()
-    fig.savefig(out / "curves.png", dpi=110)
-    plt.close(fig)
-    written.append("curves.png")
+    written.append(_save(fig, out / "curves.png"))
 
     if runs:
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        for (group, members), color in zip(sorted(groups.items()), _colors(len(groups))):
+        per_group = {}
+        for group, members in sorted(groups.items()):
             buckets = defaultdict(list)
             for r in members:
                 for bucket, value in _main_eval(r["evals"][-1])["per_bucket"].items():
                     buckets[int(bucket)].append(value)
-            keys = sorted(buckets)
-            ax.plot(keys, [statistics.fmean(buckets[k]) for k in keys], marker="o", color=color, label=group)
-        written.append(_finish(fig, ax, "difficulty bucket (rule110: t, depo: k hops, math: operations)",
-                               "final per-answer accuracy", out / "difficulty.png"))
+            per_group[f"{group} ({_seeds(len(members))})"] = buckets
+        written.append(_spread_figure(per_group, "difficulty bucket (rule110: t, depo: k hops, math: operations)",
+                                      "final per-answer accuracy", out / "difficulty.png"))
 
     sleepers = [r for r in runs if r["final"]]
     if sleepers:
-        fig, ax = plt.subplots(figsize=(7, 4.5))
         by_group = defaultdict(list)
         for r in sleepers:
             by_group[r["group"]].append(r)
-        for (group, members), color in zip(sorted(by_group.items()), _colors(len(by_group))):
-            passes = sorted({int(k[1:]) for r in members for k in r["final"]})
-            ys = [statistics.fmean(r["final"][f"N{n}"][metric] for r in members if f"N{n}" in r["final"]) for n in passes]
-            ax.plot(passes, ys, marker="o", color=color, label=f"trained as {group}")
-        written.append(_finish(fig, ax, "passes N′ at evaluation", f"held-out {metric} accuracy", out / "passes.png"))
+        per_group = {}
+        for group, members in sorted(by_group.items()):
+            passes = defaultdict(list)
+            for r in members:
+                for key, result in r["final"].items():
+                    passes[int(key[1:])].append(result[metric])  # keys are "N1", "N2", ...
+            per_group[f"trained as {group} ({_seeds(len(members))})"] = passes
+        written.append(_spread_figure(per_group, "passes N′ at evaluation", f"held-out {metric} accuracy",
+                                      out / "passes.png"))
     return written
 
 
-def _finish(fig, ax, xlabel: str, ylabel: str, path: Path) -> str:
-    """Label, save and close a one-axis figure; returns the file name."""
+def _seeds(count: int) -> str:
+    return f"{count} seed" if count == 1 else f"{count} seeds"
+
+
+def _spread_figure(per_group: dict[str, dict[int, list[float]]], xlabel: str, ylabel: str, path: Path) -> str:
+    """One line per group over an integer quantity (N′, a difficulty bucket): the mean over seeds at each
+    value, with a bar from the lowest to the highest seed. Ticks sit at the values measured, since a
+    fractional N′ or bucket does not exist. Groups are nudged apart sideways so that their bars stay
+    readable where they overlap."""
     import matplotlib.pyplot as plt
 
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    step = min(0.08, 0.4 / max(len(per_group), 1))
+    for index, ((label, points), color) in enumerate(zip(per_group.items(), _colors(len(per_group)))):
+        xs = sorted(points)
+        mean = [statistics.fmean(points[x]) for x in xs]
+        below = [m - min(points[x]) for m, x in zip(mean, xs)]
+        above = [max(points[x]) - m for m, x in zip(mean, xs)]
+        shift = step * (index - (len(per_group) - 1) / 2)
+        ax.errorbar([x + shift for x in xs], mean, yerr=[below, above], marker="o", capsize=3, color=color, label=label)
+    ax.set_xticks(sorted({x for points in per_group.values() for x in points}))
+    several = any(len(values) > 1 for points in per_group.values() for values in points.values())
+    ax.set_title("mean over seeds; bars span min..max over seeds" if several else "one seed: no spread to show",
+                 fontsize=9)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    return _save(fig, path)
+
+
+def _save(fig, path: Path) -> str:
+    """Write a figure as PNG atomically and close it; returns the file name."""
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
     return path.name
 
@@ -189,13 +227,22 @@ def _colors(n: int) -> list:
     return [cmap(i % 10) for i in range(n)]
 
 
+def runs_directory(sweep_dir: Path) -> Path:
+    """Where a sweep folder keeps its runs: `runs/` inside a results folder, else the folder itself."""
+    nested = sweep_dir / RUNS_SUBDIR
+    return nested if nested.is_dir() else sweep_dir
+
+
 def write_report(sweep_dir: str | Path, title: str | None = None) -> Path:
+    """Write report.md, summary.json and the figures into `sweep_dir` from the runs it holds (either
+    layout, see the module docstring). Each file is replaced atomically, and summary.json depends only on
+    the runs' files, so regenerating a committed results folder reproduces it byte for byte."""
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise FileNotFoundError(f"sweep directory not found: {sweep_dir}")
-    runs = load_runs(sweep_dir)
+    runs = load_runs(runs_directory(sweep_dir))
     if not runs:
-        raise ValueError(f"{sweep_dir} holds no run with evaluations yet")
+        raise ValueError(f"{sweep_dir} holds no run with evaluations yet (looked in {runs_directory(sweep_dir)})")
     metric = metric_name(runs)
     rows = summarise(runs, metric)
     figures = plot(runs, metric, sweep_dir)
@@ -225,6 +272,6 @@ def write_report(sweep_dir: str | Path, title: str | None = None) -> Path:
             lines.append(f"| {group} | " + " | ".join(f"{statistics.fmean(c):.3f}" if c else "–" for c in cells) + " |")
     lines += [""] + [f"![{name}]({name})" for name in figures] + [""]
     report = sweep_dir / "report.md"
-    report.write_text("\n".join(lines))
-    (sweep_dir / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
+    write_text(report, "\n".join(lines))
+    write_text(sweep_dir / "summary.json", json.dumps(rows, indent=2) + "\n")
     return report
