@@ -63,15 +63,18 @@ def _run_sweep(args) -> int:
 
 def _report(sub) -> None:
     parser = sub.add_parser("report", help="plots and a Markdown report from a sweep directory")
-    parser.add_argument("directory")
+    parser.add_argument("directory", help="runs/<sweep> (runs as children) or results/<sweep> (runs under runs/)")
     parser.add_argument("--title")
+    parser.add_argument("--out", help="copy each run's metrics and config into OUT/runs/ and write the report "
+                        "there, so that it regenerates from OUT alone (e.g. --out results/<sweep>)")
     parser.set_defaults(run=lambda args: print(write_report_path(args)) or 0)
 
 
 def write_report_path(args) -> str:
-    from .report import write_report
+    from .report import keep_runs, write_report
 
-    return str(write_report(args.directory, args.title))
+    directory = keep_runs(args.directory, args.out) if args.out else args.directory
+    return str(write_report(directory, args.title))
 
 
 SUBCOMMANDS = [_demo, _data, _train, _sweep, _report]

@@ -233,6 +233,32 @@ def runs_directory(sweep_dir: Path) -> Path:
     return nested if nested.is_dir() else sweep_dir
 
 
+# What a results folder keeps of each run: the files the report reads (metrics and config), never the
+# checkpoints or weights. Kept with the sweep file, so the exact command can be rerun.
+KEPT_RUN_FILES = ("metrics.jsonl", "sweep-config.json", "train.json")
+
+
+def keep_runs(sweep_dir: str | Path, results_dir: str | Path) -> Path:
+    """Copy each run's metrics and config from a sweep's output (runs/<sweep>/<run>/) into
+    results_dir/runs/<run>/, with the sweep file, so the report regenerates from results_dir alone."""
+    sweep_dir, results_dir = Path(sweep_dir), Path(results_dir)
+    if not sweep_dir.is_dir():
+        raise FileNotFoundError(f"sweep directory not found: {sweep_dir}")
+    if sweep_dir.resolve() == results_dir.resolve():
+        raise ValueError(f"--out must differ from the sweep directory {sweep_dir}")
+    source = runs_directory(sweep_dir)
+    runs = sorted(d for d in source.iterdir() if d.is_dir() and (d / "metrics.jsonl").is_file())
+    if not runs:
+        raise ValueError(f"{source} holds no run (no <run>/metrics.jsonl)")
+    for run in runs:
+        for name in KEPT_RUN_FILES:
+            if (run / name).is_file():
+                write_text(results_dir / RUNS_SUBDIR / run.name / name, (run / name).read_text())
+    if (sweep_dir / "sweep.json").is_file():
+        write_text(results_dir / "sweep.json", (sweep_dir / "sweep.json").read_text())
+    return results_dir
+
+
 def write_report(sweep_dir: str | Path, title: str | None = None) -> Path:
     """Write report.md, summary.json and the figures into `sweep_dir` from the runs it holds (either
     layout, see the module docstring). Each file is replaced atomically, and summary.json depends only on

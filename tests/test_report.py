@@ -116,6 +116,27 @@ def test_results_layout_reads_runs_subfolder_and_matches_sweep_layout(tmp_path):
     assert not (kept / "runs" / "summary.json").exists()
 
 
+def test_report_out_keeps_only_metrics_and_config(tmp_path):
+    """`lmsleep report runs/<sweep> --out results/<sweep>` copies what the report reads, not checkpoints
+    or logs, and the copy regenerates the same summary."""
+    sweep = _synthetic_sweep(tmp_path / "runs" / "tiny")
+    (sweep / "sweep.json").write_text('{"name": "tiny"}\n')
+    for run in sweep.iterdir():
+        if run.is_dir():
+            (run / "checkpoint").mkdir()
+            (run / "checkpoint" / "training.pt").write_bytes(b"weights")
+            (run / "train.log").write_text("log\n")
+    kept = tmp_path / "results" / "tiny"
+    assert main(["report", str(sweep), "--out", str(kept)]) == 0
+    assert main(["report", str(sweep)]) == 0
+    assert sorted(p.name for p in (kept / "runs").iterdir()) == sorted(f"{g}-s{s}" for g, s in FINAL)
+    assert {p.name for p in (kept / "runs").rglob("*")} - {f"{g}-s{s}" for g, s in FINAL} == {
+        "metrics.jsonl", "sweep-config.json"}
+    assert (kept / "sweep.json").read_text() == '{"name": "tiny"}\n'
+    assert (kept / "summary.json").read_bytes() == (sweep / "summary.json").read_bytes()
+    assert main(["report", str(sweep), "--out", str(sweep)]) == 2
+
+
 def test_report_errors_name_the_folder(tmp_path, capsys):
     (tmp_path / "empty" / "runs").mkdir(parents=True)
     assert main(["report", str(tmp_path / "empty")]) == 2
