@@ -255,7 +255,11 @@ def keep_runs(sweep_dir: str | Path, results_dir: str | Path) -> Path:
             if (run / name).is_file():
                 write_text(results_dir / RUNS_SUBDIR / run.name / name, (run / name).read_text())
     if (sweep_dir / "sweep.json").is_file():
-        write_text(results_dir / "sweep.json", (sweep_dir / "sweep.json").read_text())
+        sweep = (sweep_dir / "sweep.json").read_text()
+        target = results_dir / "sweep.json"
+        if target.is_file() and target.read_text() != sweep:  # a folder combining sweeps keeps each file
+            target = results_dir / f"sweep-{sweep_dir.name}.json"
+        write_text(target, sweep)
     return results_dir
 
 

@@ -135,6 +135,15 @@ def test_report_out_keeps_only_metrics_and_config(tmp_path):
     assert (kept / "sweep.json").read_text() == '{"name": "tiny"}\n'
     assert (kept / "summary.json").read_bytes() == (sweep / "summary.json").read_bytes()
     assert main(["report", str(sweep), "--out", str(sweep)]) == 2
+    # A second sweep reported into the same folder adds its runs and keeps both sweep files.
+    other = tmp_path / "runs" / "other"
+    _write_run(other / "matched-blocks-N4-s0", "sleep-N4", 0)
+    (other / "sweep.json").write_text('{"name": "other"}\n')
+    assert main(["report", str(other), "--out", str(kept)]) == 0
+    assert (kept / "sweep.json").read_text() == '{"name": "tiny"}\n'
+    assert (kept / "sweep-other.json").read_text() == '{"name": "other"}\n'
+    groups = [row["group"] for row in json.loads((kept / "summary.json").read_text())]
+    assert groups == ["matched-blocks-N4", "sleep-N1", "sleep-N4"]
 
 
 def test_report_errors_name_the_folder(tmp_path, capsys):
