@@ -170,3 +170,17 @@ def test_committed_results_regenerate_exactly(folder, tmp_path):
     assert (copy / "report.md").read_text() == (folder / "report.md").read_text()
     for figure in (copy / "report.md").read_text().split("![")[1:]:
         assert (folder / figure.split("]")[0]).is_file(), f"{folder} lacks the figure {figure.split(']')[0]}"
+
+
+def test_paper_says_which_results_folders_keep_their_runs():
+    """results/paper1.md's table "Which results regenerate" lists every results folder once, with "yes"
+    exactly where the folder keeps runs/ (update the row when a folder gains its per-run files)."""
+    rows = {}
+    for line in (ROOT / "results" / "paper1.md").read_text().splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) >= 2 and cells[0].startswith("`results/") and cells[1] in ("yes", "no"):
+            assert cells[0] not in rows, f"{cells[0]} is listed twice"
+            rows[cells[0]] = cells[1]
+    folders = sorted(path.parent for path in (ROOT / "results").glob("**/summary.json"))
+    expected = {f"`{folder.relative_to(ROOT)}/`": "yes" if (folder / "runs").is_dir() else "no" for folder in folders}
+    assert rows == expected
