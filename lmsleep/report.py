@@ -1,40 +1,46 @@
-"""`lmsleep report`: turn a sweep directory into plots and a Markdown report.
+"""`lmsleep report`: turn a sweep directory into plots, a Markdown report and summary.json.
+
+Two layouts are read:
+    runs/<sweep>/<run>/           what `lmsleep sweep` writes: the runs are the folder's children
+    results/<sweep>/runs/<run>/   a results folder kept in the repository: only each run's metrics.jsonl
+                                  and config, so the report regenerates from the repository alone
+Either way report.md, summary.json and the figures are written into the folder named on the command line.
 
 Figures (PNG, beside report.md):
     curves.png      held-out accuracy vs training tokens, vs wall time and vs estimated FLOPs, per model/N
     difficulty.png  final accuracy per difficulty bucket (t, k or op count), per model/N
     passes.png      sleep models evaluated at N′ = 1..8 after training at N (final_eval_passes)
-Lines are means over seeds; shaded bands span min..max over seeds.
+Every figure shows the mean over seeds and the spread: shaded bands (curves) or bars (difficulty,
+passes) from the lowest to the highest seed; the legend gives each group's seed count.
 """
 from __future__ import annotations
 
 import json
+import re
 import statistics
 from collections import defaultdict
 from pathlib import Path
 
+from .io import atomic_path, write_text
 from .rundir import RunDirectory
 
+RUNS_SUBDIR = "runs"  # results/<sweep>/runs/<run>/
 METRIC = {"rule110": "exact"}  # other tasks: "answer" (several queries per example; per-answer accuracy)
 
 
 def load_runs(sweep_dir: Path) -> list[dict]:
     runs = []
     for directory in sorted(p for p in sweep_dir.iterdir() if p.is_dir()):
-        config_file = next((directory / n for n in ("sweep-config.json", "train.json") if (directory / n).exists()), None)
         run = RunDirectory(directory)
-        if config_file is None or not run.metrics_path.exists():
+        config = run.config()
+        if config is None or not run.metrics_path.exists():
             continue
-        try:
-            config = json.loads(config_file.read_text())
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{config_file} is not valid JSON: {error}") from None
         records = run.records()
         evals = [r for r in records if "eval" in r]
         if not evals:
             continue
         name = directory.name
-        group = name.rsplit("-s", 1)[0] if "-s" in name else name
+        group = re.sub(r"-s\d+$", "", name)  # runs differing only in their seed suffix form a group
         runs.append({"name": name, "group": group, "config": config, "evals": evals,
                      "final": next((r["final_eval"] for r in records if "final_eval" in r), None),
                      "seed": config.get("seed", 0), "steps": config["steps"]})
@@ -93,7 +99,7 @@ def plot(runs: list[dict], metric: str, out: Path) -> list[str]:
                 mean.append(statistics.fmean(values))
                 low.append(min(values))
                 high.append(max(values))
-            ax.plot(xs, mean, color=color, label=f"{group} ({len(members)} seeds)")
+            ax.plot(xs, mean, color=color, label=f"{group} ({_seeds(len(members))})")
             ax.fill_between(xs, low, high, color=color, alpha=0.15)
             ax.set_xlabel(label)
             ax.set_ylabel(f"held-out {metric} accuracy")
@@ -101,46 +107,74 @@ def plot(runs: list[dict], metric: str, out: Path) -> list[str]:
     axes[0].legend(fontsize=8)
     fig.suptitle("Accuracy during training (mean over seeds, band = min..max)")
     fig.tight_layout()
-    fig.savefig(out / "curves.png", dpi=110)
-    plt.close(fig)
-    written.append("curves.png")
+    written.append(_save(fig, out / "curves.png"))
 
     if runs:
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        for (group, members), color in zip(sorted(groups.items()), _colors(len(groups))):
+        per_group = {}
+        for group, members in sorted(groups.items()):
             buckets = defaultdict(list)
             for r in members:
                 for bucket, value in _main_eval(r["evals"][-1])["per_bucket"].items():
                     buckets[int(bucket)].append(value)
-            keys = sorted(buckets)
-            ax.plot(keys, [statistics.fmean(buckets[k]) for k in keys], marker="o", color=color, label=group)
-        written.append(_finish(fig, ax, "difficulty bucket (rule110: t, depo: k hops, math: operations)",
-                               "final per-answer accuracy", out / "difficulty.png"))
+            per_group[f"{group} ({_seeds(len(members))})"] = buckets
+        written.append(_spread_figure(per_group, "difficulty bucket (rule110: t, depo: k hops, math: operations)",
+                                      "final per-answer accuracy", out / "difficulty.png"))
 
     sleepers = [r for r in runs if r["final"]]
     if sleepers:
-        fig, ax = plt.subplots(figsize=(7, 4.5))
         by_group = defaultdict(list)
         for r in sleepers:
             by_group[r["group"]].append(r)
-        for (group, members), color in zip(sorted(by_group.items()), _colors(len(by_group))):
-            passes = sorted({int(k[1:]) for r in members for k in r["final"]})
-            ys = [statistics.fmean(r["final"][f"N{n}"][metric] for r in members if f"N{n}" in r["final"]) for n in passes]
-            ax.plot(passes, ys, marker="o", color=color, label=f"trained as {group}")
-        written.append(_finish(fig, ax, "passes N′ at evaluation", f"held-out {metric} accuracy", out / "passes.png"))
+        per_group = {}
+        for group, members in sorted(by_group.items()):
+            passes = defaultdict(list)
+            for r in members:
+                for key, result in r["final"].items():
+                    passes[int(key[1:])].append(result[metric])  # keys are "N1", "N2", ...
+            per_group[f"trained as {group} ({_seeds(len(members))})"] = passes
+        written.append(_spread_figure(per_group, "passes N′ at evaluation", f"held-out {metric} accuracy",
+                                      out / "passes.png"))
     return written
 
 
-def _finish(fig, ax, xlabel: str, ylabel: str, path: Path) -> str:
-    """Label, save and close a one-axis figure; returns the file name."""
+def _seeds(count: int) -> str:
+    return f"{count} seed" if count == 1 else f"{count} seeds"
+
+
+def _spread_figure(per_group: dict[str, dict[int, list[float]]], xlabel: str, ylabel: str, path: Path) -> str:
+    """One line per group over an integer quantity (N′, a difficulty bucket): the mean over seeds at each
+    value, with a bar from the lowest to the highest seed. Ticks sit at the values measured, since a
+    fractional N′ or bucket does not exist. Groups are nudged apart sideways so that their bars stay
+    readable where they overlap."""
     import matplotlib.pyplot as plt
 
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    step = min(0.08, 0.4 / max(len(per_group), 1))
+    for index, ((label, points), color) in enumerate(zip(per_group.items(), _colors(len(per_group)))):
+        xs = sorted(points)
+        mean = [statistics.fmean(points[x]) for x in xs]
+        below = [m - min(points[x]) for m, x in zip(mean, xs)]
+        above = [max(points[x]) - m for m, x in zip(mean, xs)]
+        shift = step * (index - (len(per_group) - 1) / 2)
+        ax.errorbar([x + shift for x in xs], mean, yerr=[below, above], marker="o", capsize=3, color=color, label=label)
+    ax.set_xticks(sorted({x for points in per_group.values() for x in points}))
+    several = any(len(values) > 1 for points in per_group.values() for values in points.values())
+    ax.set_title("mean over seeds; bars span min..max over seeds" if several else "one seed: no spread to show",
+                 fontsize=9)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    return _save(fig, path)
+
+
+def _save(fig, path: Path) -> str:
+    """Write a figure as PNG atomically and close it; returns the file name."""
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
     return path.name
 
@@ -194,13 +228,48 @@ def _colors(n: int) -> list:
     return [cmap(i % 10) for i in range(n)]
 
 
+def runs_directory(sweep_dir: Path) -> Path:
+    """Where a sweep folder keeps its runs: `runs/` inside a results folder, else the folder itself."""
+    nested = sweep_dir / RUNS_SUBDIR
+    return nested if nested.is_dir() else sweep_dir
+
+
+
+def keep_runs(sweep_dir: str | Path, results_dir: str | Path) -> Path:
+    """Copy each run's metrics and config from a sweep's output (runs/<sweep>/<run>/) into
+    results_dir/runs/<run>/, with the sweep file, so the report regenerates from results_dir alone."""
+    sweep_dir, results_dir = Path(sweep_dir), Path(results_dir)
+    if not sweep_dir.is_dir():
+        raise FileNotFoundError(f"sweep directory not found: {sweep_dir}")
+    if sweep_dir.resolve() == results_dir.resolve():
+        raise ValueError(f"--out must differ from the sweep directory {sweep_dir}")
+    source = runs_directory(sweep_dir)
+    runs = sorted(d for d in source.iterdir() if d.is_dir() and RunDirectory(d).metrics_path.is_file())
+    if not runs:
+        raise ValueError(f"{source} holds no run (no <run>/metrics.jsonl)")
+    for run in runs:
+        for name in RunDirectory.RESULT_FILES:  # metrics and config, never checkpoints or weights
+            if (run / name).is_file():
+                write_text(results_dir / RUNS_SUBDIR / run.name / name, (run / name).read_text())
+    if (sweep_dir / "sweep.json").is_file():
+        sweep = (sweep_dir / "sweep.json").read_text()
+        target = results_dir / "sweep.json"
+        if target.is_file() and target.read_text() != sweep:  # a folder combining sweeps keeps each file
+            target = results_dir / f"sweep-{sweep_dir.name}.json"
+        write_text(target, sweep)
+    return results_dir
+
+
 def write_report(sweep_dir: str | Path, title: str | None = None) -> Path:
+    """Write report.md, summary.json and the figures into `sweep_dir` from the runs it holds (either
+    layout, see the module docstring). Each file is replaced atomically, and summary.json depends only on
+    the runs' files, so regenerating a committed results folder reproduces it byte for byte."""
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise FileNotFoundError(f"sweep directory not found: {sweep_dir}")
-    runs = load_runs(sweep_dir)
+    runs = load_runs(runs_directory(sweep_dir))
     if not runs:
-        raise ValueError(f"{sweep_dir} holds no run with evaluations yet")
+        raise ValueError(f"{sweep_dir} holds no run with evaluations yet (looked in {runs_directory(sweep_dir)})")
     metric = metric_name(runs)
     rows = summarise(runs, metric)
     figures = plot(runs, metric, sweep_dir)
@@ -230,6 +299,6 @@ def write_report(sweep_dir: str | Path, title: str | None = None) -> Path:
             lines.append(f"| {group} | " + " | ".join(f"{statistics.fmean(c):.3f}" if c else "–" for c in cells) + " |")
     lines += [""] + [f"![{name}]({name})" for name in figures] + [""]
     report = sweep_dir / "report.md"
-    report.write_text("\n".join(lines))
-    (sweep_dir / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
+    write_text(report, "\n".join(lines))
+    write_text(sweep_dir / "summary.json", json.dumps(rows, indent=2) + "\n")
     return report

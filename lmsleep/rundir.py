@@ -1,6 +1,7 @@
 """The run directory: the one owner of a run's files, used by training, sweeps and reports.
 
     train.json      the run's configuration (written atomically when the run starts)
+    sweep-config.json  in a sweep: the configuration the sweep launched the run with (the same fields)
     metrics.jsonl   one JSON object per logged event, appended; each has a "step"
     checkpoint/     model (config.json + model.safetensors) and training.safetensors (optimisers,
                     schedulers, RNG, step: tensors + a JSON description, never a pickle)
@@ -26,12 +27,29 @@ PICKLED_TRAINING_FILE = "training.pt"  # written by lmsleep before training stat
 
 
 class RunDirectory:
+    CONFIG, SWEEP_CONFIG, METRICS = "train.json", "sweep-config.json", "metrics.jsonl"
+    RESULT_FILES = (METRICS, SWEEP_CONFIG, CONFIG)  # what a results folder keeps of a run (no weights)
+
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        self.config_path = self.path / "train.json"
-        self.metrics_path = self.path / "metrics.jsonl"
+        self.config_path = self.path / self.CONFIG
+        self.sweep_config_path = self.path / self.SWEEP_CONFIG
+        self.metrics_path = self.path / self.METRICS
         self.checkpoint_path = self.path / "checkpoint"
         self._staging, self._old = self.path / "checkpoint.new", self.path / "checkpoint.old"
+
+    def config(self) -> dict | None:
+        """The run's configuration as a dict (the sweep's copy first, else train.json); None if neither exists."""
+        path = next((p for p in (self.sweep_config_path, self.config_path) if p.is_file()), None)
+        if path is None:
+            return None
+        try:
+            config = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path} is not valid JSON: {error}") from None
+        if not isinstance(config, dict):
+            raise ValueError(f"{path} must hold a JSON object")
+        return config
 
     # ----- configuration and metrics -----
 

@@ -206,7 +206,7 @@ def run_sweep(sweep: dict, out: str | os.PathLike, jobs: int = 2, estimate_only:
 
 def _launch(directory: Path, cfg: TrainConfig) -> subprocess.Popen:
     directory.mkdir(parents=True, exist_ok=True)
-    config_file = directory / "sweep-config.json"
+    config_file = RunDirectory(directory).sweep_config_path
     write_text(config_file, cfg.to_json() + "\n")
     command = [sys.executable, "-m", "lmsleep.cli", "train", "--config", str(config_file), "--out", str(directory),
                "--no-progress", "--threads", "1"]
