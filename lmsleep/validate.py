@@ -35,27 +35,22 @@ def _is_number(value) -> bool:
 
 def integer(name: str, value, low: int | None = None, high: int | None = None, why: str = "") -> int:
     """An integer in [low, high] (either bound may be None); `why` says where a bound comes from (another field)."""
-    allowed = "an integer" + _bounds(low, high) + (f" ({why})" if why else "")
+    return _integer(name, value, low, high, "an integer" + _bounds(low, high) + (f" ({why})" if why else ""))
+
+
+def positive_int(name: str, value) -> int:
+    return _integer(name, value, 1, None, "a positive integer")
+
+
+def non_negative_int(name: str, value) -> int:
+    return _integer(name, value, 0, None, "a non-negative integer")
+
+
+def _integer(name: str, value, low: int | None, high: int | None, allowed: str) -> int:
     if not _is_int(value):
         raise WrongType(f"{name} must be {allowed}, got {value!r}")
     if (low is not None and value < low) or (high is not None and value > high):
         raise ValueError(f"{name} must be {allowed}, got {value!r}")
-    return value
-
-
-def positive_int(name: str, value) -> int:
-    if not _is_int(value):
-        raise WrongType(f"{name} must be a positive integer, got {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
-
-
-def non_negative_int(name: str, value) -> int:
-    if not _is_int(value):
-        raise WrongType(f"{name} must be a non-negative integer, got {value!r}")
-    if value < 0:
-        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
     return value
 
 

@@ -243,23 +243,6 @@ def test_default_chunk_sizes():
     assert chunk_fast.default_chunk_size(128) == 64
 
 
-@needs_native
-@pytest.mark.parametrize("threads", [1, 2])
-def test_native_under_inference_mode_and_autocast(threads):
-    """As for the torch fast path (test_op.py): ranges run on other threads take the caller's inference mode,
-    and compute in float32 under autocast."""
-    inputs = random_inputs(2, 21, 3, 8, 5, torch.float32, True)
-    expected = native_chunk_gated_delta_rule(*inputs[:5], 0.4, inputs[5], 8, threads=1)
-    with torch.inference_mode():
-        result = native_chunk_gated_delta_rule(*inputs[:5], 0.4, inputs[5], 8, threads=threads)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        autocast_result = native_chunk_gated_delta_rule(*inputs[:5], 0.4, inputs[5], 8, threads=threads)
-    for got in (result, autocast_result):
-        for a, b in zip(got, expected):
-            assert a.dtype == torch.float32
-            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
-
-
 def test_native_refuses_bad_thread_count():
     inputs = random_inputs(1, 4, 1, 2, 2, torch.float32, False)
     with pytest.raises(ValueError, match="threads must be a positive int"):

@@ -9,9 +9,11 @@ from lmsleep.ops import (
     chunk_gated_delta_rule,
     fast_chunk_gated_delta_rule,
     gated_delta_rule,
+    native_chunk_gated_delta_rule,
     recurrent_gated_delta_rule,
 )
 from lmsleep.ops.delta_rule import chunk_fast, common
+from lmsleep.ops.delta_rule import library as native_library
 
 
 def random_inputs(batch, time, heads, key_dim, value_dim, dtype, with_state, strong_decay=False):
@@ -163,15 +165,19 @@ def test_fast_path_blocks_cover_batch_and_heads(batch, heads, threads, expected)
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-def test_fast_path_under_inference_mode_and_autocast(threads):
+@pytest.mark.parametrize("path", ["torch", "native"])
+def test_fast_paths_under_inference_mode_and_autocast(path, threads):
     """Inference mode and autocast are per thread: blocks run on other threads must neither fail on
-    inference tensors nor compute in another precision than the calling thread."""
+    inference tensors nor compute in another precision than the calling thread (both fast paths)."""
+    if path == "native" and native_library.library() is None:
+        pytest.skip(f"the native op does not build here: {native_library.error()}")
+    op = fast_chunk_gated_delta_rule if path == "torch" else native_chunk_gated_delta_rule
     inputs = random_inputs(2, 21, 3, 8, 5, torch.float32, True)
-    expected = fast_chunk_gated_delta_rule(*inputs[:5], 0.4, inputs[5], 8, threads=1)
+    expected = op(*inputs[:5], 0.4, inputs[5], 8, threads=1)
     with torch.inference_mode():
-        result = fast_chunk_gated_delta_rule(*inputs[:5], 0.4, inputs[5], 8, threads=threads)
+        result = op(*inputs[:5], 0.4, inputs[5], 8, threads=threads)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        autocast_result = fast_chunk_gated_delta_rule(*inputs[:5], 0.4, inputs[5], 8, threads=threads)
+        autocast_result = op(*inputs[:5], 0.4, inputs[5], 8, threads=threads)
     for got in (result, autocast_result):
         for a, b in zip(got, expected):
             assert a.dtype == torch.float32
