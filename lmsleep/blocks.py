@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Callable
 from torch import nn
 
 from .layers import Attention, Block, GatedDeltaNet, SwiGLU
+from .layers.levels import MemoryLevels
 
 if TYPE_CHECKING:
     from .config import SleepConfig
@@ -52,9 +53,18 @@ BLOCK_KINDS: dict[str, BlockKind] = {
 }
 
 
+def build_mlp(config: "SleepConfig") -> nn.Module:
+    """The MLP kind of every block: SwiGLU, or paper 2's memory levels (config.memory_levels ≥ 1)."""
+    if config.memory_levels == 0:
+        return SwiGLU(config.d_model, config.mlp_hidden)
+    return MemoryLevels(
+        config.d_model, config.mlp_hidden, config.memory_levels, base_experts=config.level_experts,
+        rank=config.expert_rank, pool=config.expert_pool, gating=config.expert_gating,
+    )
+
+
 def build_block(letter: str, config: "SleepConfig") -> Block:
     """The block for one letter of config.layout: its mixer, then the config's MLP (in this order, so that
     parameters are created, and initialised, in the same order as always)."""
     mixer = BLOCK_KINDS[letter].build(config)
-    mlp = SwiGLU(config.d_model, config.mlp_hidden)
-    return Block(mixer, mlp, config.d_model, config.norm_eps)
+    return Block(mixer, build_mlp(config), config.d_model, config.norm_eps)

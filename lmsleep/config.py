@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 
 from . import validate
 from .blocks import BLOCK_KINDS
+from .layers.levels import GATINGS
 
 EVICTION_MODES = ("hard", "sliding", "none")
 
@@ -21,6 +22,9 @@ class SleepConfig:
     eviction: "hard" (drop the KV cache at each window end), "sliding" (keep the last L−1 keys/values of
     the final pass), or "none" (one window spanning the whole sequence: a plain transformer/hybrid).
     vocabulary: the identity of the vocabulary the token ids belong to ("chars": the tasks' characters).
+    memory_levels: 0 for SwiGLU MLPs, or k ≥ 1 memory levels in every block's MLP slot (paper 2,
+    layers.levels), each with `level_experts` base experts (routed top-1 when more than one), a pool of
+    `expert_pool` low-rank experts of rank `expert_rank`, gated by `expert_gating` ("sum" or "softmax").
     """
 
     vocab_size: int = 32
@@ -42,12 +46,17 @@ class SleepConfig:
     norm_eps: float = 1e-6
     tie_embeddings: bool = False
     vocabulary: str = "chars"
+    memory_levels: int = 0
+    level_experts: int = 1
+    expert_rank: int = 4
+    expert_pool: int = 4
+    expert_gating: str = "sum"
 
     def __post_init__(self) -> None:
         validate.check_types(self)
         positive = (
             "vocab_size", "d_model", "n_heads", "head_dim", "n_fast_heads", "fast_key_dim", "fast_value_dim",
-            "mlp_hidden", "conv_size", "window", "sleep_passes",
+            "mlp_hidden", "conv_size", "window", "sleep_passes", "level_experts", "expert_rank", "expert_pool",
         )
         for name in positive:
             validate.positive_int(f"SleepConfig.{name}", getattr(self, name))
@@ -55,6 +64,8 @@ class SleepConfig:
             kinds = ", ".join(f"'{letter}' ({kind.name})" for letter, kind in BLOCK_KINDS.items())
             raise ValueError(f"SleepConfig.layout must be a non-empty string of {kinds} blocks, got {self.layout!r}")
         validate.one_of("SleepConfig.eviction", self.eviction, EVICTION_MODES)
+        validate.non_negative_int("SleepConfig.memory_levels", self.memory_levels)
+        validate.one_of("SleepConfig.expert_gating", self.expert_gating, GATINGS)
         n_blocks = len(self.layout)
         validate.integer("SleepConfig.loop_start", self.loop_start, 0, n_blocks - 1)
         loop_end = self.resolved_loop_end

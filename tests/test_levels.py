@@ -1,0 +1,121 @@
+"""Memory levels as an MLP kind (layers.levels): the expert pool's masks, unlocking and reset, routing, and
+a paper-1 hybrid that carries levels (its stream still equals its training forward)."""
+import pytest
+import torch
+
+from lmsleep import SleepLM
+from lmsleep.layers import SwiGLU
+from lmsleep.layers.levels import ExpertPoolExhausted, MemoryLevel, MemoryLevels
+from lmsleep.stream import SleepStream
+
+from helpers import random_tokens, tiny_model
+
+
+def level(**options) -> MemoryLevel:
+    torch.manual_seed(0)
+    return MemoryLevel(12, 20, **options).double()
+
+
+def train_slot(lvl: MemoryLevel, slot: int) -> None:
+    with torch.no_grad():
+        lvl.A[slot].normal_()
+        lvl.B[slot].normal_()
+        lvl.pool_router[slot].normal_()
+
+
+def test_one_level_with_one_base_expert_is_a_swiglu():
+    lvl = level()
+    swiglu = SwiGLU(12, 20).double()
+    swiglu.load_state_dict(lvl.base[0].state_dict())
+    x = torch.randn(3, 5, 12, dtype=torch.float64)
+    assert torch.equal(lvl(x), swiglu(x))
+    chain = MemoryLevels(12, 20, 1).double()
+    chain.levels[0].load_state_dict(lvl.state_dict())
+    assert torch.equal(chain(x), swiglu(x))
+
+
+@pytest.mark.parametrize("gating", ["sum", "softmax"])
+def test_a_masked_expert_changes_no_output_and_gets_no_gradient(gating):
+    lvl = level(pool=3, gating=gating)
+    lvl.unlock()
+    train_slot(lvl, 0)
+    train_slot(lvl, 2)  # slot 2 holds weights but is masked
+    x = torch.randn(2, 4, 12, dtype=torch.float64)
+    masked_output = lvl(x)
+    with torch.no_grad():
+        lvl.A[2].mul_(5)
+        lvl.B[2].add_(1)
+    assert torch.equal(lvl(x), masked_output)
+    lvl(x).square().sum().backward()
+    for p in (lvl.A, lvl.B):
+        assert p.grad[2].abs().max() == 0 and p.grad[1].abs().max() == 0
+        assert p.grad[0].abs().max() > 0
+    if gating == "softmax":
+        assert lvl.pool_router.grad[2].abs().max() == 0
+
+
+def test_unlocking_changes_no_output_and_reset_restores_the_masked_state_exactly():
+    lvl = level(pool=2, gating="softmax")
+    x = torch.randn(2, 4, 12, dtype=torch.float64)
+    before_output, before_state = lvl(x), {k: v.clone() for k, v in lvl.state_dict().items()}
+    generator = torch.Generator().manual_seed(3)
+    slot = lvl.unlock(generator)
+    assert slot == 0 and lvl.active.tolist() == [True, False]
+    assert torch.equal(lvl(x), before_output)  # B = 0
+    assert lvl.A[0].std().item() == pytest.approx(0.02, rel=0.2) and lvl.B[0].abs().max() == 0
+    train_slot(lvl, 0)
+    assert not torch.allclose(lvl(x), before_output)
+    lvl.reset(0)
+    assert torch.equal(lvl(x), before_output)
+    for name, value in lvl.state_dict().items():
+        assert torch.equal(value, before_state[name]), name
+
+
+def test_an_exhausted_pool_says_how_to_enlarge_it():
+    lvl = level(pool=2)
+    lvl.unlock(), lvl.unlock()
+    with pytest.raises(ExpertPoolExhausted, match="expert_pool"):
+        lvl.unlock()
+    lvl.reset(1)
+    assert lvl.unlock() == 1
+
+
+def test_router_runs_the_top_expert_and_dreaming_adds_a_random_other():
+    lvl = level(base_experts=4)
+    x = torch.randn(1, 1, 12, dtype=torch.float64)
+    y = lvl(x)
+    assert len(lvl.last_routed) == 1
+    lvl.dreaming = torch.Generator().manual_seed(0)
+    runs = []
+    for _ in range(20):
+        dreamt = lvl(x)
+        runs.append(set(lvl.last_routed))
+        if len(lvl.last_routed) == 2:
+            assert not torch.allclose(dreamt, y)
+    assert any(len(r) == 2 for r in runs)  # a random other expert really runs
+    assert len({frozenset(r) for r in runs}) > 1
+    lvl.dreaming = None
+    assert torch.equal(lvl(x), y)
+
+
+@pytest.mark.parametrize("eviction", ["hard", "sliding"])
+def test_a_sleep_hybrid_with_memory_levels_streams_as_it_trains(eviction):
+    model = tiny_model(memory_levels=2, level_experts=2, expert_pool=2, sleep_passes=3, eviction=eviction)
+    for block in model.blocks:
+        for lvl in block.mlp.levels:
+            lvl.unlock()
+            train_slot(lvl, 0)
+    tokens = random_tokens(model, 2, 19)
+    with torch.no_grad():
+        expected = model(tokens)
+        streamed = SleepStream(model, batch_size=2).feed(tokens)
+    torch.testing.assert_close(streamed, expected, rtol=1e-9, atol=1e-9)
+
+
+def test_levels_in_the_config_build_and_train():
+    model = tiny_model(memory_levels=3, expert_pool=2)
+    assert all(len(block.mlp.levels) == 3 for block in model.blocks)
+    groups = model.optimizer_groups()
+    adamw = {id(p) for p in groups["adamw"]}
+    assert all(id(block.mlp.levels[0].A) in adamw for block in model.blocks)
+    assert isinstance(model, SleepLM) and model.estimate_flops([0] * 7 + [1] * 7) > 0
