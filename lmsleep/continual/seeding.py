@@ -1,0 +1,206 @@
+"""Sleep stage 1, knowledge seeding (spec: sleep-continual.md, "Sleep stage 1", steps 1–7).
+
+    teacher  = a frozen snapshot of the model now (it still holds what is about to be lost)   (step 1)
+    student  = the model after the due update (or without the context), the sending level's
+               old experts pruned, one new expert unlocked in the next-slower level          (steps 2, 7)
+    replay   = sequences sampled from the teacher (never wake data); student samples too      (step 3)
+    loss     = α · [(1−λ)·F over teacher samples + λ·F over student samples]                 (steps 4, 6)
+             + (1−α) · REINFORCE(r = γ·r_sem + (1−γ)·r_abs) of student completions of teacher prefixes (5)
+    only the new expert's parameters move; sampling carries no gradient.
+
+`consolidate` runs steps 3–6 on a student whose new expert is already unlocked; `snapshot` and
+`prepare_student` do the rest (the learner calls them in this order). The teacher may read a context the
+student does not see (context consolidation: teacher = model with the context, student = model without).
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+
+from .. import validate
+from ..layers.levels import MemoryLevel
+from ..model import SleepLM
+from ..stream import SleepStream
+from .divergence import generalized_jsd
+from .levels import LevelUpdates, level_modules
+from .rewards import ExactJudge, reinforce_loss, reward
+
+NewExpert = list[tuple[MemoryLevel, int]]  # (level module, slot) in every block
+
+
+@dataclass(frozen=True)
+class SeedingConfig:
+    """steps of Adam (lr) on the new expert; per step `batch_size` teacher and student samples of
+    `sample_length` tokens (temperature); λ (lam), β (beta: 0 forward KL, 1 reverse KL), α, γ, z0 (None:
+    half the reference length) and G (group_size) completions per prefix as in the spec."""
+
+    steps: int = 40
+    lr: float = 1e-2
+    batch_size: int = 8
+    sample_length: int = 16
+    temperature: float = 1.0
+    lam: float = 0.5
+    beta: float = 1.0
+    alpha: float = 0.5
+    gamma: float = 0.5
+    z0: float | None = None
+    group_size: int = 4
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        validate.check_types(self)
+        for name in ("steps", "batch_size", "sample_length", "group_size"):
+            validate.positive_int(f"SeedingConfig.{name}", getattr(self, name))
+        validate.integer("SeedingConfig.seed", self.seed)
+        validate.positive_number("SeedingConfig.lr", self.lr)
+        validate.positive_number("SeedingConfig.temperature", self.temperature)
+        for name in ("lam", "beta", "alpha", "gamma"):
+            validate.number(f"SeedingConfig.{name}", getattr(self, name), 0, 1)
+        if self.z0 is not None:
+            validate.number("SeedingConfig.z0", self.z0, 0)
+
+
+@dataclass
+class SeedingReport:
+    divergence_before: float
+    divergence_after: float
+    reward_before: float
+    reward_after: float
+    losses: list[float]
+
+
+def snapshot(model: SleepLM) -> SleepLM:
+    """Step 1: the teacher, a frozen copy."""
+    teacher = copy.deepcopy(model).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
+
+
+def prepare_student(model: SleepLM, sending: int | None, receiving: int,
+                    generator: torch.Generator | None = None) -> tuple[NewExpert, list[tuple[int, int]]]:
+    """Steps 2 and 7: prune the sending level's experts (None: the context sends, nothing to prune) and
+    unlock one new expert in the receiving level of every block. Returns (the new expert, the pruned
+    (block, slot) pairs)."""
+    pruned = []
+    if sending is not None:
+        for block, module in enumerate(level_modules(model, sending)):
+            for slot in module.active_slots():
+                module.reset(slot)
+                pruned.append((block, slot))
+    new = [(module, module.unlock(generator)) for module in level_modules(model, receiving)]
+    return new, pruned
+
+
+# ----- replay -----
+
+def sample(model: SleepLM, prompts: torch.Tensor, length: int, temperature: float, seed: int,
+           context: torch.Tensor | None = None) -> torch.Tensor:
+    """Sequences [n, prompt + length] sampled from `model` after reading `context` [n, c] (not returned)."""
+    stream = SleepStream(model, batch_size=prompts.shape[0])
+    if context is not None:
+        stream.feed(context)
+    return torch.cat([prompts, stream.generate(prompts, length, temperature=temperature, seed=seed)], dim=1)
+
+
+def _teacher_logits(teacher: SleepLM, sequences: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+    with torch.no_grad():
+        if context is None:
+            return teacher(sequences)
+        return teacher(torch.cat([context, sequences], dim=1))[:, context.shape[1]:]
+
+
+def _divergence(student, teacher, sequences, context, prompt_length: int, beta: float) -> torch.Tensor:
+    """F(teacher ‖ student) at the positions that predict sampled tokens."""
+    mask = torch.zeros(sequences.shape, dtype=torch.bool)
+    mask[:, prompt_length - 1 : -1] = True
+    return generalized_jsd(student(sequences), _teacher_logits(teacher, sequences, context), beta, mask=mask)
+
+
+def _imitation(student, teacher_samples, prompt_length: int, cfg: SeedingConfig, step: int, judge):
+    """Step 5: cut each teacher sample at a random prefix, let the student complete it G times, and reward
+    the completions against the teacher's suffix. Returns (REINFORCE loss, mean reward)."""
+    generator = torch.Generator().manual_seed(cfg.seed * 7919 + step)
+    cut = prompt_length + int(torch.randint(0, cfg.sample_length, (1,), generator=generator))
+    prefixes = teacher_samples[:, :cut].repeat_interleave(cfg.group_size, dim=0)
+    suffixes = teacher_samples[:, cut:].repeat_interleave(cfg.group_size, dim=0)
+    completions = SleepStream(student, batch_size=prefixes.shape[0]).generate(
+        prefixes, suffixes.shape[1], temperature=cfg.temperature, seed=cfg.seed + 104729 * (step + 1))
+    rewards = torch.tensor([reward(c.tolist(), s.tolist(), gamma=cfg.gamma, z0=cfg.z0, judge=judge)
+                            for c, s in zip(completions, suffixes)], dtype=torch.float64)
+    full = torch.cat([prefixes, completions], dim=1)
+    logprobs = student(full[:, :-1]).log_softmax(-1).gather(-1, full[:, 1:, None])[..., 0]
+    completion_logprob = logprobs[:, cut - 1 :].sum(-1)
+    return reinforce_loss(completion_logprob, rewards.to(completion_logprob.dtype), cfg.group_size), rewards.mean().item()
+
+
+def consolidate(teacher: SleepLM, student: SleepLM, new_expert: NewExpert, prompts: torch.Tensor,
+                cfg: SeedingConfig = SeedingConfig(), *, context: torch.Tensor | None = None,
+                judge=ExactJudge()) -> SeedingReport:
+    """Steps 3–6: train the new expert of `student` (only it moves) to imitate `teacher`.
+
+    prompts [n, p]: what samples start from (e.g. a start token; never wake data), repeated to batch_size.
+    context [1 or batch, c]: what the teacher reads first and the student does not (context consolidation).
+    """
+    if not new_expert:
+        raise ValueError("consolidate needs the new expert's (level, slot) in every block")
+    prompts = prompts.expand(cfg.batch_size, -1) if prompts.shape[0] == 1 else prompts
+    if prompts.shape[0] != cfg.batch_size:
+        raise ValueError(f"prompts must have 1 or batch_size = {cfg.batch_size} rows, got {prompts.shape[0]}")
+    if context is not None:
+        context = context.expand(cfg.batch_size, -1) if context.shape[0] == 1 else context
+    prompt_length = prompts.shape[1]
+    trainable = [p for module, _ in new_expert for p in (module.A, module.B, module.pool_router)]
+    slots = {id(module): slot for module, slot in new_expert}
+    saved = {p: (p.requires_grad, p.grad) for p in student.parameters()}  # the wake sums stay untouched
+    for p in student.parameters():
+        p.requires_grad_(False)
+        p.grad = None
+    for p in trainable:
+        p.requires_grad_(True)
+    optimizer = torch.optim.Adam(trainable, lr=cfg.lr)
+    was_training = student.training
+    student.eval()  # no dropout; the forward is deterministic
+    held_out = sample(teacher, prompts, cfg.sample_length, cfg.temperature, cfg.seed + 1, context)
+
+    def measure(step: int) -> tuple[float, float]:
+        with torch.no_grad():
+            divergence = _divergence(student, teacher, held_out, context, prompt_length, cfg.beta).item()
+            _, mean_reward = _imitation(student, held_out, prompt_length, cfg, step, judge)
+        return divergence, mean_reward
+
+    divergence_before, reward_before = measure(-1)
+    losses = []
+    try:
+        for step in range(cfg.steps):
+            seed = cfg.seed * 1_000_003 + 2 * step + 2
+            teacher_samples = sample(teacher, prompts, cfg.sample_length, cfg.temperature, seed, context)
+            loss = (1 - cfg.lam) * _divergence(student, teacher, teacher_samples, context, prompt_length, cfg.beta)
+            if cfg.lam > 0:
+                student_samples = sample(student, prompts, cfg.sample_length, cfg.temperature, seed + 1)
+                loss = loss + cfg.lam * _divergence(student, teacher, student_samples, context, prompt_length, cfg.beta)
+            loss = cfg.alpha * loss
+            if cfg.alpha < 1:
+                imitation, _ = _imitation(student, teacher_samples, prompt_length, cfg, step, judge)
+                loss = loss + (1 - cfg.alpha) * imitation
+            optimizer.zero_grad(set_to_none=False)
+            loss.backward()
+            for module, slot in new_expert:  # only the new expert's rows move
+                for p in (module.A, module.B, module.pool_router):
+                    keep = p.grad[slot].clone()
+                    p.grad.zero_()
+                    p.grad[slot] = keep
+            optimizer.step()
+            losses.append(loss.item())
+    finally:
+        for p, (requires_grad, grad) in saved.items():
+            p.requires_grad_(requires_grad)
+            p.grad = grad
+        for module, _ in new_expert:
+            LevelUpdates.keep_masked(module)
+        student.train(was_training)
+    divergence_after, reward_after = measure(-1)
+    del slots
+    return SeedingReport(divergence_before, divergence_after, reward_before, reward_after, losses)
