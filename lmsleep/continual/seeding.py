@@ -37,7 +37,7 @@ class SeedingConfig:
     half the reference length) and G (group_size) completions per prefix as in the spec."""
 
     steps: int = 40
-    lr: float = 1e-2
+    lr: float = 3e-3
     batch_size: int = 8
     sample_length: int = 16
     temperature: float = 1.0
@@ -153,7 +153,6 @@ def consolidate(teacher: SleepLM, student: SleepLM, new_expert: NewExpert, promp
         context = context.expand(cfg.batch_size, -1) if context.shape[0] == 1 else context
     prompt_length = prompts.shape[1]
     trainable = [p for module, _ in new_expert for p in (module.A, module.B, module.pool_router)]
-    slots = {id(module): slot for module, slot in new_expert}
     saved = {p: (p.requires_grad, p.grad) for p in student.parameters()}  # the wake sums stay untouched
     for p in student.parameters():
         p.requires_grad_(False)
@@ -189,6 +188,8 @@ def consolidate(teacher: SleepLM, student: SleepLM, new_expert: NewExpert, promp
             loss.backward()
             for module, slot in new_expert:  # only the new expert's rows move
                 for p in (module.A, module.B, module.pool_router):
+                    if p.grad is None:  # the router of "sum" gating is unused
+                        continue
                     keep = p.grad[slot].clone()
                     p.grad.zero_()
                     p.grad[slot] = keep
@@ -202,5 +203,4 @@ def consolidate(teacher: SleepLM, student: SleepLM, new_expert: NewExpert, promp
             LevelUpdates.keep_masked(module)
         student.train(was_training)
     divergence_after, reward_after = measure(-1)
-    del slots
     return SeedingReport(divergence_before, divergence_after, reward_before, reward_after, losses)

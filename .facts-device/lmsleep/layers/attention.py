@@ -1,0 +1,111 @@
+"""Causal softmax attention whose short-term memory is the KV cache of the current window."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..ops.attention import window_attention
+
+
+@dataclass
+class AttentionMemory:
+    """Keys/values of the current window so far, plus those retained from the previous window (sliding).
+
+    All tensors are [batch, heads, tokens, head_dim], stored before rotary embedding.
+    """
+
+    keys: torch.Tensor | None = None
+    values: torch.Tensor | None = None
+    retained_keys: torch.Tensor | None = None
+    retained_values: torch.Tensor | None = None
+    # Streaming only: keys/values are views of these preallocated buffers, so appending a token copies
+    # one row instead of the whole cache. Rows past keys.shape[2] are free; nothing before them is written.
+    key_buffer: torch.Tensor | None = None
+    value_buffer: torch.Tensor | None = None
+
+    def append(self, k: torch.Tensor, v: torch.Tensor, limit: int | None) -> "AttentionMemory":
+        """The memory with k, v [batch, heads, new, dim] appended after this window's keys."""
+        if self.keys is None:
+            return AttentionMemory(k, v, self.retained_keys, self.retained_values)
+        seen, new = self.keys.shape[2], k.shape[2]
+        if torch.is_grad_enabled():  # training: keep the graph simple
+            keys, values = torch.cat([self.keys, k], dim=2), torch.cat([self.values, v], dim=2)
+            return AttentionMemory(keys, values, self.retained_keys, self.retained_values)
+        key_buffer, value_buffer = self.key_buffer, self.value_buffer
+        if key_buffer is None or key_buffer.shape[2] < seen + new or not _is_prefix_view(self.keys, key_buffer):
+            capacity = max(64, 2 * (seen + new))
+            capacity = min(capacity, limit) if limit else capacity
+            capacity = max(capacity, seen + new)
+            key_buffer = self.keys.new_empty(*self.keys.shape[:2], capacity, self.keys.shape[3])
+            value_buffer = self.values.new_empty(*self.values.shape[:2], capacity, self.values.shape[3])
+            key_buffer[:, :, :seen] = self.keys
+            value_buffer[:, :, :seen] = self.values
+        key_buffer[:, :, seen : seen + new] = k
+        value_buffer[:, :, seen : seen + new] = v
+        return AttentionMemory(
+            key_buffer[:, :, : seen + new], value_buffer[:, :, : seen + new],
+            self.retained_keys, self.retained_values, key_buffer, value_buffer,
+        )
+
+    def next_pass(self) -> "AttentionMemory":
+        """The memory a further sleep pass starts from: same retained keys, window keys recomputed."""
+        return AttentionMemory(retained_keys=self.retained_keys, retained_values=self.retained_values)
+
+    def evict(self, retain: int) -> "AttentionMemory":
+        """End of window: drop the cache, keeping its last `retain` keys/values (sliding eviction)."""
+        if retain == 0 or self.keys is None:
+            return AttentionMemory()
+        return AttentionMemory(
+            retained_keys=self.keys[:, :, -retain:], retained_values=self.values[:, :, -retain:]
+        )
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        names = ("keys", "values", "retained_keys", "retained_values")  # not the buffers: views suffice
+        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> "AttentionMemory":
+        return cls(**tensors)
+
+
+def _is_prefix_view(view: torch.Tensor, buffer: torch.Tensor) -> bool:
+    return view.data_ptr() == buffer.data_ptr() and view.stride() == buffer.stride()
+
+
+class Attention(nn.Module):
+    """Causal multi-head softmax attention with rotary embeddings over the current window's KV cache.
+
+    d_model: model width; n_heads × head_dim: attention width (head_dim even, for rotary embeddings).
+    retained_tokens: keys/values carried into the next window (L − 1 with sliding eviction, else 0); they
+    set where this window's positions start. window: the most keys a window holds (None: no limit).
+    """
+
+    Memory = AttentionMemory
+
+    def __init__(self, d_model: int, n_heads: int, head_dim: int, *, rope_theta: float = 10000.0,
+                 retained_tokens: int = 0, window: int | None = None):
+        super().__init__()
+        self.n_heads, self.head_dim = n_heads, head_dim
+        self.theta = rope_theta
+        self.offset = retained_tokens
+        self.limit = window
+        inner = n_heads * head_dim
+        self.qkv = nn.Linear(d_model, 3 * inner, bias=False)
+        self.out = nn.Linear(inner, d_model, bias=False)
+
+    def extra_flops_per_token(self, context: int) -> float:
+        """Forward FLOPs per token beyond the weights: scores and weighted sum over `context` keys."""
+        return 4 * context * self.n_heads * self.head_dim
+
+    def forward(self, x: torch.Tensor, memory: AttentionMemory | None) -> tuple[torch.Tensor, AttentionMemory]:
+        """x: [batch, new, d_model], the next tokens of the current window."""
+        memory = memory or AttentionMemory()
+        batch, new, _ = x.shape
+        q, k, v = self.qkv(x).view(batch, new, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        memory = memory.append(k, v, self.limit)
+        y = window_attention(
+            q, memory.keys, memory.values, memory.retained_keys, memory.retained_values, self.offset, self.theta
+        )
+        return self.out(y.transpose(1, 2).reshape(batch, new, -1)), memory

@@ -1,0 +1,207 @@
+"""The sleep hybrid language model. Its forward *is* the training algorithm of sleep-recurrence.md:
+
+    S ← 0 for every fast-weight block
+    for each chunk c of L tokens (the last may be shorter):
+        h ← Embed(c)
+        if the loss mask is zero over c:   wake pass, then N − 1 more passes (sleep): h feeds back, S carries
+        else:                              one wake pass; its logits carry the loss
+        evict: only S (and, sliding, the final pass's last L − 1 keys/values) crosses into the next chunk
+
+Blocks before the looped range run once per window, the looped range runs N times, blocks after it run
+once on the final pass's output (spec Decision). Logits are always those of the wake pass — what a
+streaming model predicts at each token — so `forward` and `lmsleep.stream` agree token for token.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from . import validate
+from .blocks import build_block
+from .config import SleepConfig
+from .layers import BlockMemory, RMSNorm
+
+Memory = list[BlockMemory]
+
+
+class SleepLM(nn.Module):
+    def __init__(self, config: SleepConfig):
+        super().__init__()
+        self.config = config
+        self.embed = nn.Embedding(config.vocab_size, config.d_model)
+        self.blocks = nn.ModuleList(build_block(letter, config) for letter in config.layout)
+        self.norm = RMSNorm(config.d_model, config.norm_eps)
+        self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.apply(self._init_weights)
+        if config.tie_embeddings:
+            self.head.weight = self.embed.weight
+        # Looped range [loop_start, loop_end): "before" runs once, "looped" N times, "after" once.
+        self.before = range(0, config.loop_start)
+        self.looped = range(config.loop_start, config.resolved_loop_end)
+        self.after = range(config.resolved_loop_end, len(config.layout))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=0.02)
+
+    # ----- pieces shared by the training forward and the streaming engine -----
+
+    def check_tokens(self, tokens: torch.Tensor, name: str = "tokens") -> None:
+        if not isinstance(tokens, torch.Tensor) or tokens.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"{name} must be an int64/int32 tensor of token ids, got {getattr(tokens, 'dtype', type(tokens))}")
+        if tokens.dim() != 2:
+            raise ValueError(f"{name} must be [batch, time], got shape {tuple(tokens.shape)}")
+        if tokens.numel() and (tokens.min() < 0 or tokens.max() >= self.config.vocab_size):
+            bad = tokens[(tokens < 0) | (tokens >= self.config.vocab_size)][0].item()
+            raise ValueError(f"{name} contains id {bad}, outside the vocabulary [0, {self.config.vocab_size})")
+
+    def empty_memory(self) -> Memory:
+        return [block.empty_memory() for block in self.blocks]
+
+    def _run_blocks(self, indices: range, h: torch.Tensor, memory: Memory) -> tuple[torch.Tensor, Memory]:
+        new = list(memory)
+        for i in indices:
+            h, new[i] = self.blocks[i](h, memory[i])
+        return h, new
+
+    def run_blocks(self, indices: range, h, memory: Memory, use_checkpoint: bool = False):
+        """Run blocks `indices` on h [batch, new, d_model] continuing `memory`; returns (h, memory)."""
+        if use_checkpoint and torch.is_grad_enabled() and len(indices):
+            return checkpoint(self._run_blocks, indices, h, memory, use_reentrant=False)
+        return self._run_blocks(indices, h, memory)
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        return self.head(self.norm(h))
+
+    def wake(self, tokens: torch.Tensor, memory: Memory, need_logits: bool = True, use_checkpoint: bool = False):
+        """One ordinary pass of the next tokens of a window. Returns (logits or None, h1, memory) where
+        h1 is the looped range's output, the input of sleep pass 2. Without `need_logits` the blocks after
+        the looped range are left for `sleep` (they run once, on the final pass)."""
+        h = self.embed(tokens)
+        h, memory = self.run_blocks(self.before, h, memory, use_checkpoint)
+        h1, memory = self.run_blocks(self.looped, h, memory, use_checkpoint)
+        if not need_logits:
+            return None, h1, memory
+        h, memory = self.run_blocks(self.after, h1, memory, use_checkpoint)
+        return self.logits(h), h1, memory
+
+    def sleep(self, h1: torch.Tensor, memory: Memory, window_start: Memory, passes: int, use_checkpoint: bool = False):
+        """Passes 2..N over a full window from the features h1 and the memory the wake pass left; then
+        the blocks after the looped range once on the final features, from their window-start memory."""
+        h = h1
+        for _ in range(passes - 1):
+            restart = [m.next_pass() if i in self.looped else m for i, m in enumerate(memory)]
+            h, memory = self.run_blocks(self.looped, h, restart, use_checkpoint)
+        if len(self.after):
+            _, memory = self.run_blocks(self.after, h, self._with_after(memory, window_start), use_checkpoint)
+        return memory
+
+    def _with_after(self, memory: Memory, window_start: Memory) -> Memory:
+        return [window_start[i] if i in self.after else m for i, m in enumerate(memory)]
+
+    def evict(self, memory: Memory) -> Memory:
+        return [m.evict(self.config.retained_tokens) for m in memory]
+
+    def window_length(self, time: int) -> int:
+        return max(time, 1) if self.config.eviction == "none" else self.config.window
+
+    # ----- the training algorithm -----
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        loss_mask: torch.Tensor | None = None,
+        passes: int | None = None,
+        use_checkpoint: bool = False,
+        logits_for: str = "all",
+    ) -> torch.Tensor | None:
+        """Wake logits [batch, time, vocab] for `tokens` [batch, time].
+
+        loss_mask [batch, time]: a chunk whose mask is zero (over the whole batch) is a consolidation
+        window and gets N passes; the others get one. No mask = every window is slept on, as in streaming.
+        passes: N′ to use instead of config.sleep_passes (evaluation at another N).
+        logits_for: "all", or "loss" to skip the head on consolidation chunks (their rows are left zero).
+        """
+        self.check_tokens(tokens)
+        passes = self._check_passes(passes)
+        if loss_mask is not None and loss_mask.shape != tokens.shape:
+            raise ValueError(f"loss_mask must have the tokens' shape {tuple(tokens.shape)}, got {tuple(loss_mask.shape)}")
+        batch, time = tokens.shape
+        length = self.window_length(time)
+        memory = self.empty_memory()
+        chunks = []
+        for start in range(0, time, length):
+            end = min(start + length, time)
+            consolidate = loss_mask is None or not bool(loss_mask[:, start:end].any())
+            need_logits = logits_for == "all" or not consolidate
+            window_start = memory
+            logits, h1, memory = self.wake(tokens[:, start:end], memory, need_logits, use_checkpoint)
+            if consolidate and (passes > 1 or not need_logits):
+                memory = self.sleep(h1, memory, window_start, passes, use_checkpoint)
+            memory = self.evict(memory)
+            chunks.append(logits if logits is not None else h1.new_zeros(batch, end - start, self.config.vocab_size))
+        if not chunks:
+            return self.head.weight.new_zeros(batch, 0, self.config.vocab_size)
+        return torch.cat(chunks, dim=1)
+
+    def loss(
+        self,
+        tokens: torch.Tensor,
+        targets: torch.Tensor,
+        loss_mask: torch.Tensor,
+        passes: int | None = None,
+        use_checkpoint: bool = False,
+    ) -> torch.Tensor:
+        """Mean cross-entropy of `targets` at the positions where loss_mask is 1 (answer tokens)."""
+        self.check_tokens(targets, "targets")
+        if targets.shape != tokens.shape:
+            raise ValueError(f"targets must have the tokens' shape {tuple(tokens.shape)}, got {tuple(targets.shape)}")
+        mask = loss_mask.bool()
+        if not bool(mask.any()):
+            raise ValueError("loss_mask selects no position: there is nothing to predict")
+        logits = self(tokens, loss_mask, passes, use_checkpoint, logits_for="loss")
+        selected = logits[mask]
+        if selected.dtype in (torch.float16, torch.bfloat16):
+            selected = selected.float()
+        return F.cross_entropy(selected, targets[mask])
+
+    def _check_passes(self, passes: int | None) -> int:
+        if passes is None:
+            return self.config.sleep_passes
+        validate.positive_int("passes", passes)
+        if passes != 1 and self.config.eviction == "none":
+            raise ValueError("passes must be 1 for a model with eviction='none' (it never sleeps)")
+        return passes
+
+    # ----- accounting (the model's own, as in nanoGPT / nanochat) -----
+
+    def optimizer_groups(self) -> dict[str, list[nn.Parameter]]:
+        """{"muon": the blocks' hidden matrices, "adamw": everything else}: embeddings, the head, norms,
+        conv kernels, A_log / dt_bias, and parameters a layer tagged `optimizer_group = "adamw"` (the
+        per-head decay and write-strength gates). Each list keeps the order of `parameters()`."""
+        in_blocks = {id(p) for p in self.blocks.parameters()}
+        groups: dict[str, list[nn.Parameter]] = {"muon": [], "adamw": []}
+        for p in self.parameters():
+            hidden_matrix = id(p) in in_blocks and p.dim() == 2
+            groups[getattr(p, "optimizer_group", "muon" if hidden_matrix else "adamw")].append(p)
+        return groups
+
+    def estimate_flops(self, loss_mask: list[int]) -> float:
+        """Estimated training FLOPs (forward + backward ≈ 3 × forward) of one example with this loss mask
+        (its length is the example's): 2 FLOPs per matrix weight per token per pass (the blocks' and the
+        head's linear layers), the looped blocks run N times on consolidation windows (mask zero), plus
+        each mixer's own per-token work (attention: 4·context·width, context = the window's length)."""
+        matrices = [sum(m.weight.numel() for m in block.modules() if isinstance(m, nn.Linear)) for block in self.blocks]
+        length = self.window_length(len(loss_mask))
+        total = 0.0
+        for start in range(0, len(loss_mask), length):
+            chunk = loss_mask[start : start + length]
+            passes = self.config.sleep_passes if not any(chunk) else 1
+            for i, block in enumerate(self.blocks):
+                runs = passes if i in self.looped else 1
+                total += runs * len(chunk) * (2 * matrices[i] + block.mixer.extra_flops_per_token(len(chunk)))
+            total += len(chunk) * 2 * self.head.weight.numel()
+        return 3 * total

@@ -1,0 +1,73 @@
+"""Rotary embeddings and causal attention over one window, with optional keys retained from the previous one.
+
+The attention context of a window is [retained keys (sliding eviction: the previous window's last L−1),
+keys of this window so far]. Positions are window-local, so nothing drifts however long the stream runs:
+retained key r sits at position r, key i of this window at position `offset + i`, where offset = L − 1
+in sliding mode and 0 otherwise. Rotary embeddings are relative, so only these differences matter.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+_ROTARY_TABLES: dict = {}  # (half, theta, dtype, device) → (cos, sin) [positions, half], grown on demand
+
+
+def _rotary_table(length: int, half: int, theta: float, dtype: torch.dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of the rotary angles for positions 0..length−1 (or more), computed once in float64.
+    Streaming asks for every position of the window at every token; recomputing them was most of a
+    long-context decode step."""
+    key = (half, theta, dtype, torch.device(device))
+    table = _ROTARY_TABLES.get(key)
+    if table is None or table[0].shape[0] < length:
+        size = max(length, 2 * table[0].shape[0] if table is not None else 512)
+        freqs = theta ** (-torch.arange(half, device=device, dtype=torch.float64) / half)
+        angles = torch.arange(size, device=device, dtype=torch.float64)[:, None] * freqs[None, :]
+        table = (angles.cos().to(dtype), angles.sin().to(dtype))
+        _ROTARY_TABLES[key] = table
+    return table
+
+
+def rotary(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tensor:
+    """Rotate pairs of features of x [batch, heads, time, dim] by position-dependent angles
+    (positions: [time], non-negative integers)."""
+    half = x.shape[-1] // 2
+    length = int(positions.max()) + 1 if positions.numel() else 0
+    cos, sin = _rotary_table(length, half, theta, x.dtype, x.device)
+    cos, sin = cos[positions], sin[positions]  # [time, half]
+    x1, x2 = x[..., :half], x[..., half : 2 * half]
+    rotated = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+    return torch.cat([rotated, x[..., 2 * half :]], dim=-1)
+
+
+def window_attention(
+    q: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    retained_keys: torch.Tensor | None,
+    retained_values: torch.Tensor | None,
+    offset: int,
+    theta: float,
+) -> torch.Tensor:
+    """Causal softmax attention of the last q.shape[2] tokens of a window.
+
+    q: [batch, heads, new, dim] (unrotated) for window positions keys.shape[2]-new .. keys.shape[2]-1.
+    keys, values: [batch, heads, seen, dim], every key of this window so far (unrotated), new ones last.
+    retained_*: [batch, heads, R, dim] kept from the previous window (unrotated) or None. Window query i
+    sees retained key r iff r ≥ i (a sliding window of R + 1 tokens) and window keys j ≤ i.
+    """
+    new, seen = q.shape[2], keys.shape[2]
+    device = q.device
+    query_pos = torch.arange(seen - new, seen, device=device)
+    key_pos = torch.arange(seen, device=device)
+    mask = key_pos[None, :] <= query_pos[:, None]  # [new, seen]
+    q = rotary(q, query_pos + offset, theta)
+    keys = rotary(keys, key_pos + offset, theta)
+    if retained_keys is not None and retained_keys.shape[2] > 0:
+        retained = retained_keys.shape[2]
+        retained_pos = torch.arange(retained, device=device)
+        keys = torch.cat([rotary(retained_keys, retained_pos, theta), keys], dim=2)
+        values = torch.cat([retained_values, values], dim=2)
+        mask = torch.cat([retained_pos[None, :] >= query_pos[:, None], mask], dim=1)
+    return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)

@@ -1,0 +1,179 @@
+"""The wake/sleep streaming engine: one wake pass per token; when the window fills, sleep, then evict.
+
+    feed tokens → each gets one ordinary pass (KV cache of this window, S updated recurrently)
+    window full → sleep: passes 2..N over the window from the features and state pass 1 left,
+                  blocks after the looped range once on the final features; then evict or slide the KV
+
+Memory is bounded by L whatever the stream length (except eviction='none', the full-attention baseline,
+whose cache grows by design). The whole memory state can be saved to a file and restored elsewhere.
+"""
+from __future__ import annotations
+
+import json
+
+import torch
+
+from . import validate
+from .config import SleepConfig
+from .decoding import Picked, Sampling, finish_generation, generator_for, pick
+from .io import config_diff, load_tensors, save_tensors
+from .model import SleepLM
+
+FORMAT = "lmsleep-memory"
+VERSION = 2  # version 1: the same contents, written before files carried a checksum
+
+
+class SleepStream:
+    def __init__(self, model: SleepLM, batch_size: int = 1, passes: int | None = None):
+        validate.positive_int("batch_size", batch_size)
+        self.model = model
+        self.batch_size = batch_size
+        self.passes = model._check_passes(passes)
+        self.reset()
+
+    def reset(self) -> None:
+        self.memory = self.model.empty_memory()
+        self.window_start = self.memory  # memory at the window start (the after-loop blocks rerun from it)
+        self.features: list[torch.Tensor] = []  # pass-1 outputs of the looped range, this window
+        self.position = 0  # tokens of the current window seen so far
+        self.tokens_seen = 0
+        self.sleeps = 0
+
+    @property
+    def _keeps_features(self) -> bool:
+        return self.passes > 1
+
+    def _window_left(self) -> int:
+        if self.model.config.eviction == "none":
+            return 1 << 62
+        return self.model.config.window - self.position
+
+    @torch.no_grad()
+    def feed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Feed tokens [batch, n] (or [n] when batch_size is 1); returns their wake logits [batch, n, vocab]."""
+        if isinstance(tokens, torch.Tensor) and tokens.dim() == 1 and self.batch_size == 1:
+            tokens = tokens[None]
+        self.model.check_tokens(tokens)
+        if tokens.shape[0] != self.batch_size:
+            raise ValueError(f"this stream has batch size {self.batch_size}, got tokens of shape {tuple(tokens.shape)}")
+        outputs = []
+        done = 0
+        while done < tokens.shape[1]:
+            take = min(tokens.shape[1] - done, self._window_left())
+            logits, h1, self.memory = self.model.wake(tokens[:, done : done + take], self.memory)
+            outputs.append(logits)
+            if self._keeps_features:
+                self.features.append(h1)
+            done += take
+            self.position += take
+            self.tokens_seen += take
+            if self._window_left() == 0:
+                self._sleep()
+        if not outputs:
+            return torch.zeros(self.batch_size, 0, self.model.config.vocab_size)
+        return torch.cat(outputs, dim=1)
+
+    def _sleep(self) -> None:
+        if self.passes > 1:
+            h1 = torch.cat(self.features, dim=1)
+            self.memory = self.model.sleep(h1, self.memory, self.window_start, self.passes)
+        self.memory = self.model.evict(self.memory)
+        self.window_start = self.memory
+        self.features = []
+        self.position = 0
+        self.sleeps += 1
+
+    @torch.no_grad()
+    def generate(self, prompt: torch.Tensor, max_new_tokens: int, *, temperature: float = 0.0,
+                 top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
+                 generator: torch.Generator | None = None, stop_token: int | None = None,
+                 return_logprobs: bool = False):
+        """Feed the prompt, then pick a token from the last logits and feed it back, `max_new_tokens` times.
+
+        temperature 0 (the default) is greedy (argmax); otherwise tokens are sampled with temperature,
+        top_k and top_p as lmsleep.decoding describes, drawn with `generator` or a fresh one seeded with
+        `seed` (same seed, same tokens). A row that emits `stop_token` has finished: it keeps emitting (and
+        being fed) stop_token, and generation ends early once every row has finished (the rest of the
+        columns hold stop_token). Returns the tokens [batch, max_new_tokens], or with return_logprobs a
+        decoding.Generation that adds each token's log-probabilities and a mask of the real tokens.
+        """
+        validate.non_negative_int("max_new_tokens", max_new_tokens)
+        sampling = Sampling(temperature, top_k, top_p)
+        device = next(self.model.parameters()).device
+        generator = generator_for(device, seed, generator)
+        vocab_size = self.model.config.vocab_size
+        if stop_token is not None and (isinstance(stop_token, bool) or not isinstance(stop_token, int)
+                                       or not 0 <= stop_token < vocab_size):
+            raise ValueError(f"stop_token must be a token id in [0, {vocab_size}) or None, got {stop_token!r}")
+        logits = self.feed(prompt)
+        if logits.shape[1] == 0:
+            raise ValueError("generate needs a prompt of at least one token")
+        finished = torch.zeros(self.batch_size, dtype=torch.bool, device=logits.device)
+        steps: list[Picked] = []
+        for _ in range(max_new_tokens):
+            picked = pick(logits[:, -1], sampling, generator)
+            if stop_token is not None:  # a finished row's forced stop token is certain: log-probability 0
+                picked = Picked(*(torch.where(finished, fill, value) for fill, value in
+                                  zip((stop_token, 0.0, 0.0), picked)))
+            steps.append(picked)
+            logits = self.feed(picked.tokens[:, None])
+            if stop_token is not None:
+                finished = finished | (picked.tokens == stop_token)
+                if finished.all():
+                    break
+        return finish_generation(steps, max_new_tokens, self.batch_size, stop_token, logits.device, return_logprobs)
+
+    # ----- persistence -----
+
+    def save(self, path) -> None:
+        """Write the whole memory state (S, KV caches, window features, position) to a safetensors file."""
+        tensors = {}
+        for i, memory in enumerate(self.memory):
+            tensors.update({f"memory.{i}.{name}": t for name, t in memory.tensors().items()})
+        for i in self.model.after:
+            tensors.update({f"window_start.{i}.{name}": t for name, t in self.window_start[i].tensors().items()})
+        if self.features:
+            tensors["features"] = torch.cat(self.features, dim=1)
+        metadata = {
+            "config": self.model.config.to_json(),
+            "state": json.dumps(
+                {"batch_size": self.batch_size, "passes": self.passes, "position": self.position,
+                 "tokens_seen": self.tokens_seen, "sleeps": self.sleeps}
+            ),
+        }
+        save_tensors(path, tensors, FORMAT, VERSION, metadata)
+
+    @classmethod
+    def load(cls, model: SleepLM, path) -> "SleepStream":
+        """Restore a stream saved by `save`, refusing a file made for another model config."""
+        tensors, metadata = load_tensors(path, FORMAT, VERSION, "memory state", unchecked=(1,))
+        saved = SleepConfig.from_json(metadata["config"])
+        if saved != model.config:
+            raise ValueError(f"memory state {path} was saved for a different model config: {config_diff(model.config, saved)}")
+        state = json.loads(metadata["state"])
+        stream = cls(model, state["batch_size"], state["passes"])
+        stream.position, stream.tokens_seen, stream.sleeps = state["position"], state["tokens_seen"], state["sleeps"]
+        param = next(model.parameters())
+        tensors = {name: t.to(param.device) for name, t in tensors.items()}
+        stream.memory = [cls._block_memory(model, i, "memory", tensors) for i in range(len(model.blocks))]
+        stream.window_start = [
+            cls._block_memory(model, i, "window_start", tensors) if i in model.after else stream.memory[i]
+            for i in range(len(model.blocks))
+        ]
+        if "features" in tensors:
+            stream.features = [tensors.pop("features")]
+        if tensors:
+            raise ValueError(f"memory state {path} has unexpected entries {sorted(tensors)}")
+        for t in [t for m in stream.memory for t in m.tensors().values()]:
+            if t.shape[0] != stream.batch_size:
+                raise ValueError(f"memory state {path} is inconsistent: a tensor of batch {t.shape[0]}, expected {stream.batch_size}")
+        return stream
+
+    @staticmethod
+    def _block_memory(model: SleepLM, index: int, prefix: str, tensors: dict):
+        head = f"{prefix}.{index}."
+        own = {name[len(head):]: tensors.pop(name) for name in list(tensors) if name.startswith(head)}
+        try:
+            return model.blocks[index].memory_type.from_tensors(own)
+        except TypeError as error:
+            raise ValueError(f"memory state entry {head}* does not fit block {index}: {error}") from None

@@ -1,0 +1,81 @@
+"""Knowledge seeding (continual.seeding) on its own: only the new expert moves, the divergence falls, the
+sending level's experts are pruned, and the teacher reading a context the student does not see."""
+import pytest
+import torch
+
+from lmsleep.continual.levels import level_modules
+from lmsleep.continual.seeding import SeedingConfig, consolidate, prepare_student, sample, snapshot
+
+from helpers import random_tokens, tiny_model
+
+
+def learner_model():
+    model = tiny_model(memory_levels=2, expert_pool=2, expert_rank=4, layout="A", eviction="none",
+                       dtype=torch.float32)
+    return model
+
+
+def test_only_the_new_expert_changes_and_the_divergence_falls():
+    model = learner_model()
+    with torch.no_grad():
+        model.head.weight.mul_(40)  # peaked next-token distributions, so that they can disagree
+    teacher = snapshot(model)
+    with torch.no_grad():  # the "update" that the teacher has not seen: the student must win it back
+        for module in level_modules(model, 0):
+            module.base[0].down.weight.normal_(0, 0.2, generator=torch.Generator().manual_seed(1))
+    new, pruned = prepare_student(model, sending=0, receiving=1, generator=torch.Generator().manual_seed(0))
+    assert pruned == [] and all(slot == 0 for _, slot in new)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    cfg = SeedingConfig(steps=15, lr=3e-3, batch_size=4, sample_length=6, group_size=2, alpha=0.7)
+    prompts = torch.zeros(1, 1, dtype=torch.long)
+    report = consolidate(teacher, model, new, prompts, cfg)
+    assert report.divergence_after < 0.8 * report.divergence_before
+    assert len(report.losses) == cfg.steps
+    for name, p in model.named_parameters():
+        if name.endswith((".A", ".B", ".pool_router")) and ".levels.1." in name:
+            changed = (p != before[name]).flatten(1).any(1)
+            assert not changed[1:].any(), name  # slot 0 only
+            assert changed[0] or name.endswith("pool_router"), name  # "sum" gating has no router to train
+        else:
+            assert torch.equal(p, before[name]), name
+    assert all(p.grad is None for p in model.parameters())  # no wake sums were touched
+
+
+def test_the_sending_levels_experts_are_pruned_before_the_student_trains():
+    model = learner_model()
+    for module in level_modules(model, 0):
+        module.unlock()
+        with torch.no_grad():
+            module.B[0].normal_()
+    new, pruned = prepare_student(model, sending=0, receiving=1)
+    assert pruned == [(b, 0) for b in range(len(model.blocks))]
+    assert all(not m.active.any() and m.B.abs().max() == 0 for m in level_modules(model, 0))
+    assert all(m.active[slot] for m, slot in new)
+
+
+def test_context_consolidation_teacher_reads_what_the_student_does_not():
+    model = learner_model()
+    teacher = snapshot(model)
+    context = random_tokens(model, 1, 5, seed=3)
+    prompts = torch.zeros(2, 1, dtype=torch.long)
+    with_context = sample(teacher, prompts, 6, 1.0, seed=4, context=context.expand(2, -1))
+    without = sample(teacher, prompts, 6, 1.0, seed=4)
+    assert with_context.shape == without.shape == (2, 7) and not torch.equal(with_context, without)
+    new, _ = prepare_student(model, sending=None, receiving=0)
+    report = consolidate(teacher, model, new, prompts, SeedingConfig(steps=3, batch_size=2, sample_length=4,
+                                                                      group_size=2), context=context)
+    assert report.divergence_before > 0
+
+
+def test_sampling_carries_no_gradient():
+    model = learner_model()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    sequences = sample(model, torch.zeros(2, 1, dtype=torch.long), 4, 1.0, seed=0)
+    assert not sequences.requires_grad and sequences.dtype == torch.long
+
+
+@pytest.mark.parametrize("field,value", [("lam", 1.5), ("alpha", -0.1), ("gamma", 2), ("z0", -1.0), ("steps", 0)])
+def test_bad_seeding_values_are_refused(field, value):
+    with pytest.raises(ValueError, match=field):
+        SeedingConfig(**{field: value})
