@@ -1,0 +1,211 @@
+"""The continual learner (spec: sleep-continual.md): it alternates wake and sleep, and can be saved and
+resumed bit for bit.
+
+    wake(tokens)        next-token loss on the batch (read after the current context), summed into every
+                        learning level; then, for each level now due, fast → slow:
+                            sleep: teacher = the model now; apply the level's update; prune the level's
+                            experts; unlock one in the next level; distil the teacher into it (seeding)
+    read(context)       hold a context: attention's memory, the fastest level
+    reset_context()     sleep first (teacher = the model with the context, student = without it, new
+                        expert in level 1), then drop the context
+    dream(...)          sleep stage 2, after consolidation (continual.dreaming)
+
+Every sleep is one JSON line in the run directory's metrics.jsonl (RunDirectory.log): its trigger, the
+levels involved, the experts unlocked and pruned, divergence and reward before/after, wall time.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from .. import validate
+from ..config import SleepConfig
+from ..io import config_diff, load_tensors, pack_state, save_tensors, unpack_state
+from ..model import SleepLM
+from ..rundir import RunDirectory
+from .levels import OPTIMIZERS, LevelUpdates, check_periods
+from .rewards import ExactJudge
+from .seeding import SeedingConfig, consolidate, prepare_student, snapshot
+
+FORMAT, VERSION = "lmsleep-learner", 1
+
+
+@dataclass(frozen=True)
+class LearnerConfig:
+    """periods: C_ℓ per memory level (0 = frozen); lr / optimizer: the levels' update (Eq. 2: "sgd");
+    seeding: SeedingConfig fields; prompt: the tokens replay samples start from; seed: all randomness."""
+
+    periods: list[int] = field(default_factory=lambda: [1])
+    lr: float = 1e-2
+    optimizer: str = "sgd"
+    seeding: dict = field(default_factory=dict)
+    prompt: list[int] = field(default_factory=lambda: [0])
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        validate.check_types(self)
+        validate.positive_number("LearnerConfig.lr", self.lr)
+        validate.one_of("LearnerConfig.optimizer", self.optimizer, OPTIMIZERS)
+        validate.integer("LearnerConfig.seed", self.seed)
+        if not self.prompt:
+            raise ValueError("LearnerConfig.prompt must hold at least one token id")
+        validate.int_list("LearnerConfig.prompt", self.prompt, low=0)
+        self.seeding_config()
+
+    def seeding_config(self, sleep: int = 0) -> SeedingConfig:
+        """The seeding settings of the `sleep`-th sleep (its own seed, so that a resumed run repeats it)."""
+        fields_ = {**self.seeding, "seed": self.seed * 1_000_003 + sleep}
+        return validate.from_dict(SeedingConfig, fields_, "LearnerConfig.seeding")
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+
+class ContinualLearner:
+    def __init__(self, model: SleepLM, config: LearnerConfig = LearnerConfig(), run_dir=None, *, judge=None):
+        check_periods(config.periods, model.config.memory_levels)
+        if max(config.prompt) >= model.config.vocab_size:
+            raise ValueError(f"LearnerConfig.prompt holds id {max(config.prompt)}, outside the vocabulary "
+                             f"[0, {model.config.vocab_size})")
+        self.model, self.config = model, config
+        self.updates = LevelUpdates(model, config.periods, lr=config.lr, optimizer=config.optimizer)
+        self.generator = torch.Generator().manual_seed(config.seed)  # expert initialisation
+        self.judge = judge if judge is not None else ExactJudge()
+        self.context: torch.Tensor | None = None
+        self.sleeps = 0
+        self.run = RunDirectory(run_dir) if run_dir is not None else None
+        if self.run is not None and not self.run.metrics_path.exists():
+            self.run.start(json.dumps({"learner": asdict(config), "model": asdict(model.config)}, indent=2) + "\n")
+
+    @property
+    def levels(self) -> int:
+        return self.model.config.memory_levels
+
+    @property
+    def prompt(self) -> torch.Tensor:
+        return torch.tensor([self.config.prompt])
+
+    # ----- wake -----
+
+    def read(self, context: torch.Tensor) -> None:
+        """Hold `context` [1, c] (token ids) as the fastest memory; a held one is consolidated first."""
+        self.model.check_tokens(context, "context")
+        if context.shape[0] != 1 or context.shape[1] == 0:
+            raise ValueError(f"context must be one non-empty row [1, c], got shape {tuple(context.shape)}")
+        if self.context is not None:
+            self.reset_context()
+        self.context = context
+
+    def wake(self, tokens: torch.Tensor, loss_mask: torch.Tensor | None = None) -> dict:
+        """One wake step on `tokens` [batch, T] (next-token loss where loss_mask [batch, T − 1] is 1; all
+        positions by default), read after the held context. Returns {"loss", "sleeps": [records]}."""
+        self.model.check_tokens(tokens)
+        if tokens.shape[1] < 2:
+            raise ValueError("wake needs sequences of at least 2 tokens (one to read, one to predict)")
+        inputs, targets = tokens[:, :-1], tokens[:, 1:]
+        mask = torch.ones_like(targets) if loss_mask is None else loss_mask.long()
+        if mask.shape != targets.shape:
+            raise ValueError(f"loss_mask must be [batch, T − 1] = {tuple(targets.shape)}, got {tuple(mask.shape)}")
+        if self.context is not None:
+            prefix = self.context.expand(tokens.shape[0], -1)
+            inputs = torch.cat([prefix, inputs], dim=1)
+            targets = torch.cat([torch.zeros_like(prefix), targets], dim=1)
+            mask = torch.cat([torch.zeros_like(prefix), mask], dim=1)
+        self.model.train()
+        loss = self.model.loss(inputs, targets, mask)
+        records = [self._sleep_level(level) for level in self.updates.accumulate(loss)]
+        return {"loss": loss.item(), "sleeps": records}
+
+    # ----- sleep -----
+
+    def _sleep_level(self, level: int) -> dict:
+        """Level ℓ is due: consolidate it into level ℓ + 1 (if there is one), then apply its update."""
+        started = time.perf_counter()
+        record = {"trigger": f"level {level + 1} due", "level": level + 1}
+        if level + 1 < self.levels:
+            teacher = snapshot(self.model)
+            self.updates.apply(level)
+            record.update(self._seed(teacher, sending=level, receiving=level + 1))
+        else:
+            self.updates.apply(level)
+            record["note"] = "slowest level: its update is applied, there is no slower level to consolidate into"
+        return self._log(record, started)
+
+    def reset_context(self) -> dict | None:
+        """Consolidate the held context into level 1, then drop it (None when no context is held)."""
+        if self.context is None:
+            return None
+        started = time.perf_counter()
+        teacher = snapshot(self.model)
+        record = {"trigger": "context reset", "level": 0, **self._seed(teacher, sending=None, receiving=0)}
+        self.context = None
+        return self._log(record, started)
+
+    def _seed(self, teacher: SleepLM, sending: int | None, receiving: int) -> dict:
+        new, pruned = prepare_student(self.model, sending, receiving, self.generator)
+        cfg = self.config.seeding_config(self.sleeps)
+        report = consolidate(teacher, self.model, new, self.prompt, cfg, context=self.context, judge=self.judge)
+        return {
+            "receiving_level": receiving + 1,
+            "unlocked": [[block, slot] for block, (_, slot) in enumerate(new)],
+            "pruned": [list(pair) for pair in pruned],
+            "divergence_before": report.divergence_before, "divergence_after": report.divergence_after,
+            "reward_before": report.reward_before, "reward_after": report.reward_after,
+        }
+
+    def _log(self, record: dict, started: float) -> dict:
+        record["wall_s"] = round(time.perf_counter() - started, 3)
+        self.sleeps += 1
+        entry = {"step": self.updates.step, "sleep": record}
+        if self.run is not None:
+            self.run.log(entry)
+        return record
+
+    # ----- persistence -----
+
+    def state(self) -> dict:
+        named = dict(self.model.named_parameters())
+        return {
+            "model": self.model.state_dict(),
+            "grads": {name: p.grad for name, p in named.items() if p.grad is not None},
+            "optimizers": [o.state_dict() if o is not None else None for o in self.updates.optimizers],
+            "step": self.updates.step, "sleeps": self.sleeps,
+            "rng": torch.get_rng_state(), "generator": self.generator.get_state(),
+            "context": self.context,
+        }
+
+    def save(self, path) -> None:
+        """The whole learner (weights, masks, accumulated gradients, optimizer states, step, RNG, context)
+        as one checked file, written atomically."""
+        tensors, description = pack_state(self.state())
+        metadata = {"state": description, "learner_config": self.config.to_json(),
+                    "model_config": self.model.config.to_json()}
+        save_tensors(path, tensors, FORMAT, VERSION, metadata)
+
+    @classmethod
+    def load(cls, model: SleepLM, path, run_dir=None, *, judge=None) -> "ContinualLearner":
+        """Resume a learner saved by `save` on `model` (a model of the same config; its weights are replaced)."""
+        tensors, metadata = load_tensors(path, FORMAT, VERSION, "learner state")
+        saved_model = SleepConfig.from_json(metadata["model_config"])
+        if saved_model != model.config:
+            raise ValueError(f"learner state {path} was saved for another model config: {config_diff(model.config, saved_model)}")
+        config = validate.from_json(LearnerConfig, metadata["learner_config"], f"learner state {path}: config")
+        state = unpack_state(tensors, metadata["state"], f"learner state {path}")
+        model.load_state_dict(state["model"])
+        learner = cls(model, config, run_dir, judge=judge)
+        named = dict(model.named_parameters())
+        for name, grad in state["grads"].items():
+            named[name].grad = grad.clone()
+        for optimizer, saved in zip(learner.updates.optimizers, state["optimizers"]):
+            if optimizer is not None:
+                optimizer.load_state_dict(saved)
+        learner.updates.step, learner.sleeps = state["step"], state["sleeps"]
+        torch.set_rng_state(state["rng"])
+        learner.generator.set_state(state["generator"])
+        learner.context = state["context"]
+        if learner.run is not None:
+            learner.run.truncate_after(learner.updates.step)
+        return learner
