@@ -8,8 +8,8 @@
 Base experts are SwiGLU MLPs; with one base expert there is nothing to route and Level(x) = Base(x)
 exactly, so a model with one level and no unlocked expert computes what a plain SwiGLU block computes.
 With several, the router sends each token to its top-1 base expert, weighted by its softmax probability
-(Switch-style, so the router learns). While `dreaming` (sleep stage 2), every router additionally runs
-one random other base expert per call.
+(Switch-style, so the router learns). While `dreaming` (sleep stage 2), every router additionally sends
+each token to one random other base expert.
 
 Low-rank experts have static shapes: A [pool, r, d] and B [pool, d, r] are allocated up front and an
 `active` mask says which run. A masked expert is never computed, so it changes no output and receives no
@@ -51,7 +51,7 @@ class MemoryLevel(nn.Module):
             p.optimizer_group = "adamw"
         self.gating = gating
         self.dreaming: torch.Generator | None = None  # set (to a generator) while dreaming
-        self.last_routed: set[int] = set()  # the base experts the last call ran (for tests and logs)
+        self.last_routed: torch.Tensor | None = None  # [..., base experts]: which ran per token, last call
 
     # ----- the expert pool -----
 
@@ -100,20 +100,21 @@ class MemoryLevel(nn.Module):
 
     def _base(self, x: torch.Tensor) -> torch.Tensor:
         if self.router is None:
-            self.last_routed = {0}
+            self.last_routed = torch.ones(*x.shape[:-1], 1, dtype=torch.bool)
             return self.base[0](x)
         probs = self.router(x).softmax(-1)  # [..., experts]
+        experts = probs.shape[-1]
         chosen = probs.argmax(-1, keepdim=True)
-        weights = torch.zeros_like(probs).scatter(-1, chosen, probs.gather(-1, chosen))
-        routed = set(chosen.unique().tolist())
-        if self.dreaming is not None:
-            extra = int(torch.randint(len(self.base), (1,), generator=self.dreaming))
-            weights = weights + probs * F.one_hot(torch.tensor(extra), len(self.base)).to(probs)
-            routed.add(extra)
+        routed = torch.zeros_like(probs, dtype=torch.bool).scatter(-1, chosen, True)
+        if self.dreaming is not None:  # per token, one random expert other than its routed one
+            offset = torch.randint(1, experts, chosen.shape, generator=self.dreaming).to(chosen.device)
+            routed = routed.scatter(-1, (chosen + offset) % experts, True)
         self.last_routed = routed
+        weights = probs * routed
         y = x.new_zeros(x.shape)
-        for e in sorted(routed):  # only the experts some token uses are computed
-            y = y + weights[..., e : e + 1] * self.base[e](x)
+        for e in range(experts):
+            if bool(routed[..., e].any()):  # only experts some token uses are computed
+                y = y + weights[..., e : e + 1] * self.base[e](x)
         return y
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

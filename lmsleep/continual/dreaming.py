@@ -1,0 +1,175 @@
+"""Sleep stage 2, dreaming (spec: sleep-continual.md, "Sleep stage 2 — Dreaming", built on SEAL).
+
+Given a task context C and a measure τ of downstream performance (higher is better):
+
+    1. sample m dreams from the model conditioned on C; every router also runs one random expert
+    2. score each dream: cos(∇ SFT loss of the dream, ∇ loss on C) over LoRA parameters; keep top k + b random
+    3. fine-tune an isolated LoRA copy per kept dream (batched; the model never changes); a dream's reward
+       is 1 when its copy beats the model on τ ("every" improving dream, or SEAL's "best" one per context)
+    4. ReST-EM: fine-tune the dream generator (a LoRA adapter, fresh each round as in ReST-EM's E-M
+       iterations from the base) on the (C, dream) pairs with reward 1, for `rounds` rounds
+
+A dream is a next-token training sequence (the dream alone, as SEAL's self-edits: the model must learn it
+without C in context). The learner can then learn from the rewarded dreams as wake data.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from .. import validate
+from ..layers.levels import MemoryLevel
+from ..model import SleepLM
+from ..stream import SleepStream
+from .lora import LoRAAdapters, finetune
+from .selection import importance, select
+
+REWARD_MODES = ("every", "best")
+
+
+@dataclass(frozen=True)
+class DreamingConfig:
+    """dreams m of dream_length tokens (temperature); keep_top k + keep_random b; LoRA rank / alpha, steps and
+    lr of each kept dream's isolated fine-tune; reward_mode "every" or "best"; ReST-EM rounds (generator
+    fine-tunes of generator_steps); random_expert: one random extra expert per router while dreaming."""
+
+    dreams: int = 8
+    dream_length: int = 24
+    temperature: float = 1.0
+    keep_top: int = 3
+    keep_random: int = 1
+    rank: int = 4
+    alpha: float = 8.0
+    steps: int = 10
+    lr: float = 1e-2
+    reward_mode: str = "every"
+    rounds: int = 1
+    generator_steps: int = 10
+    random_expert: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        validate.check_types(self)
+        for name in ("dreams", "dream_length", "rank", "rounds"):
+            validate.positive_int(f"DreamingConfig.{name}", getattr(self, name))
+        for name in ("keep_top", "keep_random", "steps", "generator_steps"):
+            validate.non_negative_int(f"DreamingConfig.{name}", getattr(self, name))
+        if self.keep_top + self.keep_random < 1:
+            raise ValueError("DreamingConfig.keep_top + keep_random must keep at least one dream")
+        for name in ("temperature", "alpha", "lr"):
+            validate.positive_number(f"DreamingConfig.{name}", getattr(self, name))
+        validate.one_of("DreamingConfig.reward_mode", self.reward_mode, REWARD_MODES)
+        validate.integer("DreamingConfig.seed", self.seed)
+
+
+@dataclass
+class DreamRound:
+    dreams: list[list[int]]
+    scores: list[float]
+    kept: list[int]
+    measure_before: float
+    measures: list[float]  # τ of each kept dream's copy
+    rewards: list[int]  # per kept dream
+    generator_trained_on: int  # rewarded (C, dream) pairs the generator was fine-tuned on
+
+
+@dataclass
+class DreamReport:
+    rounds: list[DreamRound] = field(default_factory=list)
+    generator: LoRAAdapters | None = None  # the dream generator after ReST-EM (None: never rewarded)
+
+    def rewarded_dreams(self) -> list[list[int]]:
+        return [r.dreams[i] for r in self.rounds for i, reward in zip(r.kept, r.rewards) if reward]
+
+
+@contextlib.contextmanager
+def random_experts(model: SleepLM, seed: int | None):
+    """While dreaming, every router additionally runs one random expert (seed None: off)."""
+    levels = [m for m in model.modules() if isinstance(m, MemoryLevel)]
+    for i, level in enumerate(levels):
+        level.dreaming = None if seed is None else torch.Generator().manual_seed(seed * 7_919 + i)
+    try:
+        yield
+    finally:
+        for level in levels:
+            level.dreaming = None
+
+
+def sample_dreams(model: SleepLM, context: torch.Tensor, cfg: DreamingConfig, seed: int,
+                  generator: LoRAAdapters | None = None) -> torch.Tensor:
+    """m dreams [m, dream_length] sampled after reading C, with the generator adapter when there is one."""
+    adapter = generator.applied(model, 0) if generator is not None else contextlib.nullcontext()
+    with adapter, random_experts(model, seed if cfg.random_expert else None):
+        stream = SleepStream(model, batch_size=cfg.dreams)
+        stream.feed(context.expand(cfg.dreams, -1)[:, :-1])
+        return stream.generate(context[:, -1:].expand(cfg.dreams, -1), cfg.dream_length,
+                               temperature=cfg.temperature, seed=seed)
+
+
+def sft_data(sequences: torch.Tensor, scored_from: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Next-token training data (tokens, targets, loss_mask) of sequences [n, T], scored from position
+    `scored_from` of the sequence on (e.g. only the dream after its context)."""
+    mask = torch.zeros_like(sequences[:, 1:])
+    mask[:, max(scored_from - 1, 0):] = 1
+    return sequences[:, :-1], sequences[:, 1:], mask
+
+
+def rewards_for(measures: list[float], before: float, mode: str) -> list[int]:
+    """1 for a kept dream whose copy beats the model on τ: every such dream, or only the best one."""
+    improved = [int(m > before) for m in measures]
+    if mode == "every" or not any(improved):
+        return improved
+    best = max(range(len(measures)), key=lambda i: measures[i])
+    return [int(i == best) for i in range(len(measures))]
+
+
+def rest_em_data(context: torch.Tensor, dreams: torch.Tensor, rewards: list[int]):
+    """ReST-EM's training set: the (C, dream) pairs with reward 1 only, the loss on the dream tokens."""
+    chosen = [i for i, r in enumerate(rewards) if r]
+    if not chosen:
+        return None
+    pairs = torch.cat([context.expand(len(chosen), -1), dreams[chosen]], dim=1)
+    return sft_data(pairs, scored_from=context.shape[1])
+
+
+def dream(model: SleepLM, context: torch.Tensor, measure: Callable[[SleepLM], float],
+          cfg: DreamingConfig = DreamingConfig(), generator: LoRAAdapters | None = None) -> DreamReport:
+    """Steps 1–4 for one context C [1, c]. `measure(model)` is τ (it may be called with an adapter applied);
+    `generator`: the dream generator from an earlier sleep, if any. The model's weights never change."""
+    model.check_tokens(context, "context")
+    if context.shape[0] != 1 or context.shape[1] < 2:
+        raise ValueError(f"context must be one row [1, c] of at least 2 tokens, got {tuple(context.shape)}")
+    if not callable(measure):
+        raise TypeError(f"measure must be a callable model -> float, got {type(measure).__name__}")
+    report = DreamReport(generator=generator)
+    was_training = model.training
+    model.eval()
+    try:
+        for round_ in range(cfg.rounds):
+            seed = cfg.seed * 1_000_003 + round_
+            dreams = sample_dreams(model, context, cfg, seed, report.generator)
+            datasets = [sft_data(d[None]) for d in dreams]
+            scores = importance(model, datasets, sft_data(context), rank=cfg.rank, alpha=cfg.alpha, seed=seed)
+            kept = select(scores, cfg.keep_top, cfg.keep_random, torch.Generator().manual_seed(seed)).tolist()
+            tuned = finetune(model, [datasets[i] for i in kept], rank=cfg.rank, alpha=cfg.alpha, steps=cfg.steps,
+                             lr=cfg.lr, seed=seed)
+            before = float(measure(model))
+            measures = []
+            for copy in range(len(kept)):
+                with tuned.adapters.applied(model, copy):
+                    measures.append(float(measure(model)))
+            rewards = rewards_for(measures, before, cfg.reward_mode)
+            data = rest_em_data(context, dreams[kept], rewards)
+            if data is not None and cfg.generator_steps:
+                report.generator = finetune(model, [data], rank=cfg.rank, alpha=cfg.alpha,
+                                            steps=cfg.generator_steps, lr=cfg.lr, seed=seed + 1).adapters
+            report.rounds.append(DreamRound(
+                dreams=dreams.tolist(), scores=scores.tolist(), kept=kept, measure_before=before,
+                measures=measures, rewards=rewards, generator_trained_on=0 if data is None else data[0].shape[0],
+            ))
+    finally:
+        model.train(was_training)
+    return report
