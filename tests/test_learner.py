@@ -99,3 +99,26 @@ def test_bad_learner_settings_are_refused(changes, message):
     model, config = make((1, 2))
     with pytest.raises(ValueError, match=message):
         ContinualLearner(model, LearnerConfig(**{**config.__dict__, **changes}))
+
+
+def test_dreaming_after_consolidation_is_logged_and_the_generator_is_saved(tmp_path):
+    model, config = make((2, 4))
+    config = LearnerConfig(**{**config.__dict__, "dreaming": {"dreams": 3, "dream_length": 3, "keep_top": 1,
+                                                             "keep_random": 1, "rank": 2, "steps": 2,
+                                                             "generator_steps": 1}})
+    learner = ContinualLearner(model, config, tmp_path / "run")
+    context = random_tokens(model, 1, 5, seed=9)
+    learner.read(context)
+    flip = iter([0.0, 1.0, 0.0])  # τ: the model scores 0, the first kept copy 1 (rewarded), the other 0
+
+    record = learner.dream(context, lambda m: next(flip))
+    assert record["rewards"] == [[1, 0]] and record["generator_trained_on"] == [1]
+    assert len(record["woke_on_dreams"]) == 1 and learner.updates.step == 1
+    triggers = [r["sleep"]["trigger"] for r in RunDirectory(tmp_path / "run").records()]
+    assert triggers == ["context reset", "dreaming"]  # consolidation before dreaming
+    assert learner.dream_generator is not None
+    learner.save(tmp_path / "l.safetensors")
+    model_b, _ = make((2, 4), seed=3)
+    resumed = ContinualLearner.load(model_b, tmp_path / "l.safetensors")
+    for a, b in zip(learner.dream_generator.parameters(), resumed.dream_generator.parameters()):
+        assert torch.equal(a, b)

@@ -26,7 +26,9 @@ from ..config import SleepConfig
 from ..io import config_diff, load_tensors, pack_state, save_tensors, unpack_state
 from ..model import SleepLM
 from ..rundir import RunDirectory
+from .dreaming import DreamingConfig, dream
 from .levels import OPTIMIZERS, LevelUpdates, check_periods
+from .lora import LoRAAdapters
 from .rewards import ExactJudge
 from .seeding import SeedingConfig, consolidate, prepare_student, snapshot
 
@@ -36,12 +38,15 @@ FORMAT, VERSION = "lmsleep-learner", 1
 @dataclass(frozen=True)
 class LearnerConfig:
     """periods: C_ℓ per memory level (0 = frozen); lr / optimizer: the levels' update (Eq. 2: "sgd");
-    seeding: SeedingConfig fields; prompt: the tokens replay samples start from; seed: all randomness."""
+    seeding / dreaming: SeedingConfig / DreamingConfig fields; learn_dreams: wake on the rewarded dreams
+    after dreaming; prompt: the tokens replay samples start from; seed: all randomness."""
 
     periods: list[int] = field(default_factory=lambda: [1])
     lr: float = 1e-2
     optimizer: str = "sgd"
     seeding: dict = field(default_factory=dict)
+    dreaming: dict = field(default_factory=dict)
+    learn_dreams: bool = True
     prompt: list[int] = field(default_factory=lambda: [0])
     seed: int = 0
 
@@ -54,11 +59,16 @@ class LearnerConfig:
             raise ValueError("LearnerConfig.prompt must hold at least one token id")
         validate.int_list("LearnerConfig.prompt", self.prompt, low=0)
         self.seeding_config()
+        self.dreaming_config()
 
     def seeding_config(self, sleep: int = 0) -> SeedingConfig:
         """The seeding settings of the `sleep`-th sleep (its own seed, so that a resumed run repeats it)."""
         fields_ = {**self.seeding, "seed": self.seed * 1_000_003 + sleep}
         return validate.from_dict(SeedingConfig, fields_, "LearnerConfig.seeding")
+
+    def dreaming_config(self, sleep: int = 0) -> DreamingConfig:
+        fields_ = {**self.dreaming, "seed": self.seed * 1_000_003 + sleep}
+        return validate.from_dict(DreamingConfig, fields_, "LearnerConfig.dreaming")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -75,6 +85,7 @@ class ContinualLearner:
         self.generator = torch.Generator().manual_seed(config.seed)  # expert initialisation
         self.judge = judge if judge is not None else ExactJudge()
         self.context: torch.Tensor | None = None
+        self.dream_generator: LoRAAdapters | None = None  # trained by ReST-EM across sleeps
         self.sleeps = 0
         self.run = RunDirectory(run_dir) if run_dir is not None else None
         if self.run is not None and not self.run.metrics_path.exists():
@@ -144,6 +155,27 @@ class ContinualLearner:
         self.context = None
         return self._log(record, started)
 
+    def dream(self, context: torch.Tensor, measure) -> dict:
+        """Sleep stage 2 on task context C [1, c] with measure τ (model -> float, higher is better): a held
+        context is consolidated first; then dream, and (learn_dreams) wake on each rewarded dream."""
+        self.reset_context()  # consolidation always runs before dreaming
+        started = time.perf_counter()
+        report = dream(self.model, context, measure, self.config.dreaming_config(self.sleeps), self.dream_generator)
+        self.dream_generator = report.generator
+        rewarded = report.rewarded_dreams()
+        record = {
+            "trigger": "dreaming", "level": None,
+            "dreams": sum(len(r.dreams) for r in report.rounds),
+            "kept": [r.kept for r in report.rounds], "rewards": [r.rewards for r in report.rounds],
+            "measure_before": [r.measure_before for r in report.rounds],
+            "measures_of_kept": [r.measures for r in report.rounds],
+            "generator_trained_on": [r.generator_trained_on for r in report.rounds],
+        }
+        record = self._log(record, started)
+        if self.config.learn_dreams and rewarded:
+            record["woke_on_dreams"] = [self.wake(torch.tensor([d]))["loss"] for d in rewarded]
+        return record
+
     def _seed(self, teacher: SleepLM, sending: int | None, receiving: int) -> dict:
         new, pruned = prepare_student(self.model, sending, receiving, self.generator)
         cfg = self.config.seeding_config(self.sleeps)
@@ -175,6 +207,9 @@ class ContinualLearner:
             "step": self.updates.step, "sleeps": self.sleeps,
             "rng": torch.get_rng_state(), "generator": self.generator.get_state(),
             "context": self.context,
+            "dream_generator": None if self.dream_generator is None else {
+                "targets": list(self.dream_generator.targets), "A": self.dream_generator.A,
+                "B": self.dream_generator.B, "alpha": self.dream_generator.alpha},
         }
 
     def save(self, path) -> None:
@@ -206,6 +241,9 @@ class ContinualLearner:
         torch.set_rng_state(state["rng"])
         learner.generator.set_state(state["generator"])
         learner.context = state["context"]
+        if state["dream_generator"] is not None:
+            g = state["dream_generator"]
+            learner.dream_generator = LoRAAdapters(tuple(g["targets"]), list(g["A"]), list(g["B"]), g["alpha"])
         if learner.run is not None:
             learner.run.truncate_after(learner.updates.step)
         return learner
