@@ -349,13 +349,15 @@ class Trainer:
             "optimizers": [o.state_dict() for o in self.optimizers],
             "schedulers": [s.state_dict() for s in self.schedulers],
             "rng": torch.get_rng_state(),
-            "train_config": json.loads(self.cfg.to_json()),  # as the JSON it is compared with on resume
+            "train_config": self.cfg.to_json(),
         })
 
     def _resume(self) -> None:
         loaded, state = self.run_dir.load_checkpoint()
-        if state["train_config"] != json.loads(self.cfg.to_json()):
-            raise ValueError(f"--resume: {self.out} was trained with a different configuration")
+        saved = TrainConfig.from_json(state["train_config"], f"the train config in {self.run_dir.checkpoint_path}")
+        if saved != self.cfg:
+            changed = [f for f in asdict(saved) if getattr(saved, f) != getattr(self.cfg, f)]
+            raise ValueError(f"--resume: {self.out} was trained with a different configuration (fields {changed})")
         self.model.load_state_dict(loaded.state_dict())
         for o, s in zip(self.optimizers, state["optimizers"]):
             o.load_state_dict(s)

@@ -60,7 +60,7 @@ def test_interrupted_and_resumed_run_ends_exactly_like_an_uninterrupted_one(tmp_
 
 def test_resume_refuses_a_different_configuration(tmp_path):
     Trainer(tiny_train_config(steps=3), tmp_path, progress=False).run()
-    with pytest.raises(ValueError, match="different configuration"):
+    with pytest.raises(ValueError, match=r"different configuration \(fields \['lr'\]\)"):
         Trainer(tiny_train_config(steps=3, lr=1e-3), tmp_path, resume=True, progress=False)
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         Trainer(tiny_train_config(), tmp_path / "empty", resume=True, progress=False)
