@@ -139,7 +139,7 @@ class ContinualLearner:
         if level + 1 < self.levels:
             teacher = snapshot(self.model)
             self.updates.apply(level)
-            record.update(self._seed(teacher, sending=level, receiving=level + 1))
+            record.update(self._seed(teacher, sending=level, receiving=level + 1, context=None))
         else:
             self.updates.apply(level)
             record["note"] = "slowest level: its update is applied, there is no slower level to consolidate into"
@@ -151,7 +151,8 @@ class ContinualLearner:
             return None
         started = time.perf_counter()
         teacher = snapshot(self.model)
-        record = {"trigger": "context reset", "level": 0, **self._seed(teacher, sending=None, receiving=0)}
+        record = {"trigger": "context reset", "level": 0,
+                  **self._seed(teacher, sending=None, receiving=0, context=self.context)}
         self.context = None
         return self._log(record, started)
 
@@ -176,10 +177,12 @@ class ContinualLearner:
             record["woke_on_dreams"] = [self.wake(torch.tensor([d]))["loss"] for d in rewarded]
         return record
 
-    def _seed(self, teacher: SleepLM, sending: int | None, receiving: int) -> dict:
+    def _seed(self, teacher: SleepLM, sending: int | None, receiving: int, context: torch.Tensor | None) -> dict:
+        """Consolidate `teacher` into a new expert of level `receiving` (the teacher alone reads `context`:
+        a level's sleep replays without it, a context reset distils the context itself)."""
         new, pruned = prepare_student(self.model, sending, receiving, self.generator)
         cfg = self.config.seeding_config(self.sleeps)
-        report = consolidate(teacher, self.model, new, self.prompt, cfg, context=self.context, judge=self.judge)
+        report = consolidate(teacher, self.model, new, self.prompt, cfg, context=context, judge=self.judge)
         return {
             "receiving_level": receiving + 1,
             "unlocked": [[block, slot] for block, (_, slot) in enumerate(new)],
