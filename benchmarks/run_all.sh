@@ -17,3 +17,4 @@ run bench_sleep benchmarks/bench_sleep.py
 run bench_train benchmarks/bench_train.py --repeats 5
 run bench_stream benchmarks/bench_stream.py --models sleep-N4 hybrid-N1 sliding-window
 run bench_stream_full_attention benchmarks/bench_stream.py --models full-attention --lengths 1024 4096 16384 --measure 64
+run bench_dreams benchmarks/bench_dreams.py

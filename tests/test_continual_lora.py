@@ -168,6 +168,8 @@ def test_bad_input():
         finetune(model, [good, (tokens, targets, empty)])
     with pytest.raises(ValueError, match=r"datasets\[0\] targets must be \[n >= 1, T\]"):
         finetune(model, [(tokens, targets[:, :5], mask)])
+    with pytest.raises(TypeError, match=r"datasets\[0\] loss_mask must be an integer tensor, got torch.float32"):
+        finetune(model, [(tokens, targets, mask.float())])
     with pytest.raises(ValueError, match="optimizer must be one of"):
         finetune(model, [good], optimizer="rmsprop")
     with pytest.raises(ValueError, match="rank must be a positive integer"):

@@ -240,7 +240,8 @@ def check_datasets(datasets, count: int | None = None) -> list[Dataset]:
         tokens, targets, mask = data
         for field, tensor in zip(("tokens", "targets", "loss_mask"), data):
             if not isinstance(tensor, torch.Tensor) or tensor.dtype not in (torch.int64, torch.int32):
-                raise TypeError(f"datasets[{i}] {field} must be an integer tensor, got {getattr(tensor, 'dtype', type(tensor))}")
+                got = getattr(tensor, "dtype", type(tensor).__name__)
+                raise TypeError(f"datasets[{i}] {field} must be an integer tensor, got {got}")
             if tensor.dim() != 2 or tensor.shape != tokens.shape or tokens.shape[0] == 0:
                 raise ValueError(f"datasets[{i}] {field} must be [n >= 1, T] like tokens {tuple(tokens.shape)}, "
                                  f"got {tuple(tensor.shape)}")
@@ -269,7 +270,8 @@ def group_losses(model: nn.Module, router: _Router, batches: Sequence[Dataset], 
         router.route([copies[g] for g in members], sizes)
         logits = model(tokens, mask, logits_for="loss")
         selected = mask.bool()
-        row_group = torch.repeat_interleave(torch.arange(len(members)), torch.tensor(sizes))
+        row_group = torch.repeat_interleave(torch.arange(len(members), device=mask.device),
+                                            torch.tensor(sizes, device=mask.device))
         position_group = row_group[:, None].expand_as(selected)[selected].to(logits.device)
         chosen = logits[selected]
         if chosen.dtype in (torch.float16, torch.bfloat16):

@@ -47,7 +47,8 @@ def select(scores: torch.Tensor, k: int, b: int, generator: torch.Generator | No
     validate.non_negative_int("k", k)
     validate.non_negative_int("b", b)
     if not isinstance(scores, torch.Tensor) or scores.dim() != 1:
-        raise ValueError(f"scores must be a 1-D tensor, one score per dream, got {getattr(scores, 'shape', type(scores))}")
+        got = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
+        raise ValueError(f"scores must be a 1-D tensor, one score per dream, got {got}")
     if not bool(torch.isfinite(scores).all()):
         raise ValueError("scores must be finite, got NaN or infinity")
     order = torch.sort(scores.detach().cpu(), descending=True, stable=True).indices
