@@ -1,4 +1,4 @@
-"""The paper's three tasks, each a module with the same interface (spec: sleep-recurrence.md, Tasks):
+"""The tasks, each a module with the same interface (spec: sleep-recurrence.md, Tasks):
 
     Options(...)                 frozen dataclass of difficulty options; bad values raise ValueError
     Options().window             L, the window the task is laid out for
@@ -6,16 +6,17 @@
     generate(options, n, seed)   -> list[Example], deterministic in seed, all of one length T
     solve(raw)                   -> list[str], the answers recomputed from Example.raw alone
 
-The three share one character vocabulary (tasks.vocab.CHARACTERS, VOCAB_SIZE tokens); `batch` stacks
+The paper-1 tasks (rule110, depo, math) share one character vocabulary (tasks.vocab.CHARACTERS, VOCAB_SIZE
+tokens); the paper-2 world `facts` is written in words (its own WordVocabulary); `batch` stacks
 examples into tensors and `score` turns predicted tokens into exact / per-answer / per-bucket accuracies
 (tasks.example). A model records the identity of the vocabulary it was trained with; `check_model_vocabulary`
 refuses to pair it with a task written in another.
 """
-from . import depo, rule110, symbolic_math
+from . import depo, facts, rule110, symbolic_math
 from .example import Answer, Example, batch, masked_targets, score
 from .vocab import VOCAB_SIZE, CharVocabulary, Vocabulary, WordVocabulary, check_vocabulary, decode, encode
 
-TASKS = {"rule110": rule110, "depo": depo, "math": symbolic_math}
+TASKS = {"rule110": rule110, "depo": depo, "math": symbolic_math, "facts": facts}
 
 
 def vocabulary(task: str) -> Vocabulary:
@@ -39,6 +40,6 @@ def check_model_vocabulary(config, task: str, model: str = "the model") -> None:
 
 __all__ = [
     "TASKS", "Answer", "CharVocabulary", "Example", "VOCAB_SIZE", "Vocabulary", "WordVocabulary", "batch",
-    "check_model_vocabulary", "check_vocabulary", "decode", "depo", "encode", "masked_targets", "rule110", "score",
+    "check_model_vocabulary", "check_vocabulary", "decode", "depo", "facts", "encode", "masked_targets", "rule110", "score",
     "symbolic_math", "vocabulary",
 ]

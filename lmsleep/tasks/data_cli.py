@@ -13,7 +13,7 @@ from dataclasses import asdict, fields
 
 from . import TASKS
 
-HELP = "print generated task examples (rule110, depo, math) as JSON lines"
+HELP = "print generated task examples (rule110, depo, math, facts) as JSON lines"
 
 
 def _flag(name: str) -> str:
