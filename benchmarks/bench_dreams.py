@@ -1,7 +1,9 @@
 """Dreaming's isolated fine-tunes (issue 12, Speed): the kept dreams' LoRA fine-tunes run batched (m copies
 stacked along the batch, one forward and backward per step) against sequential (one copy at a time, the
 same code with m = 1), side by side in one process, timed in turns. Target: batched ≥ 3× faster at m = 15.
-Also reports how far the two results are apart (they compute the same thing up to rounding).
+Also reports how far the two results are apart (they compute the same thing up to rounding), and the time
+of one full sleep at the size of `lmsleep continual demo` (its model and its seeding and dreaming
+settings; untrained weights, which take as long): consolidation and dreaming separately.
 
     python benchmarks/bench_dreams.py [--copies 15 --vocab 128 --width 64 --layout AGAG --threads 1]
 """
@@ -9,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
+import time
 
 import torch
 
@@ -17,6 +21,8 @@ sys.path.insert(0, os.path.dirname(__file__))
 from common import final_json, interleaved_medians, print_table  # noqa: E402
 
 from lmsleep import SleepConfig, SleepLM  # noqa: E402
+from lmsleep.continual import demo  # noqa: E402
+from lmsleep.continual.learner import ContinualLearner, LearnerConfig  # noqa: E402
 from lmsleep.continual.lora import finetune  # noqa: E402
 
 
@@ -30,6 +36,33 @@ def dreams(vocab: int, copies: int, examples: int, length: int, prompt: int) -> 
         mask[:, prompt:] = 1
         data.append((sequence[:, :-1], sequence[:, 1:], mask))
     return data
+
+
+def full_sleep(repeats: int) -> dict:
+    """Median seconds of one consolidation (a context reset) and one dreaming at the demo's size."""
+    vocab = 105  # the facts vocabulary
+    config = SleepConfig(vocab_size=vocab, window=64, **demo.MODEL)
+    generator = torch.Generator().manual_seed(1)
+    context = torch.randint(0, vocab, (1, 20), generator=generator)
+    questions = torch.randint(0, vocab, (9, 12), generator=generator)
+    times = {"consolidation": [], "dreaming": []}
+    for _ in range(repeats):
+        torch.manual_seed(0)
+        learner = ContinualLearner(SleepLM(config), LearnerConfig(periods=[8, 16], seeding=demo.SEEDING,
+                                                                   dreaming=demo.DREAMING, prompt=[1]))
+        learner.read(context)
+
+        def measure(model):  # a stand-in for τ, as costly as the demo's closed-book check
+            with torch.no_grad():
+                return -float(model.loss(questions[:, :-1], questions[:, 1:], torch.ones_like(questions[:, 1:])))
+
+        started = time.perf_counter()
+        learner.reset_context()
+        times["consolidation"].append(time.perf_counter() - started)
+        started = time.perf_counter()
+        learner.dream(context, measure)
+        times["dreaming"].append(time.perf_counter() - started)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def main() -> None:
@@ -75,9 +108,13 @@ def main() -> None:
     print_table(rows, ["mode", "seconds", "ms_per_step"])
     print(f"speed-up {speedup:.2f}x (target >= 3); batched vs sequential: adapters differ by <= {apart:.2g}, "
           f"losses by <= {loss_apart:.2g}")
+    sleep = full_sleep(args.repeats)
+    print(f"one full sleep at the demo's size ({demo.MODEL}; seeding {demo.SEEDING}; dreaming {demo.DREAMING}):")
+    print_table([{"stage": name, "seconds": seconds} for name, seconds in sleep.items()], ["stage", "seconds"])
     final_json("dreams_finetune", {**vars(args), "parameters": parameters, "batched_s": batched_s,
                                    "sequential_s": sequential_s, "speedup": speedup, "adapters_apart": apart,
-                                   "losses_apart": loss_apart, "target_met": speedup >= 3})
+                                   "losses_apart": loss_apart, "target_met": speedup >= 3,
+                                   "sleep_consolidation_s": sleep["consolidation"], "sleep_dreaming_s": sleep["dreaming"]})
 
 
 if __name__ == "__main__":

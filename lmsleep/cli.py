@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from . import demo, report_cli, sweep_cli, train_cli
+from .continual import cli as continual_cli
 from .tasks import data_cli
 
 SUBCOMMANDS = {
@@ -14,6 +15,7 @@ SUBCOMMANDS = {
     "train": train_cli,
     "sweep": sweep_cli,
     "report": report_cli,
+    "continual": continual_cli,
 }
 
 

@@ -195,7 +195,7 @@ def load_model(directory: str | os.PathLike, map_location: str | torch.device = 
             raise ValueError(
                 f"weight {name} has shape {tuple(tensor.shape)}, the config needs {tuple(expected[name].shape)}"
             )
-    dtypes = {t.dtype for t in tensors.values()}
+    dtypes = {t.dtype for t in tensors.values() if t.is_floating_point()}  # masks (bool buffers) aside
     if len(dtypes) != 1:
         raise ValueError(f"weights mix dtypes {sorted(map(str, dtypes))}; expected one")
     model = model.to(dtype=dtypes.pop())  # keep the saved precision

@@ -117,3 +117,19 @@ def test_levels_in_the_config_build_and_train():
     adamw = {id(p) for p in groups["adamw"]}
     assert all(id(block.mlp.levels[0].A) in adamw for block in model.blocks)
     assert isinstance(model, SleepLM) and model.estimate_flops([0] * 7 + [1] * 7) > 0
+
+
+def test_a_model_with_unlocked_experts_saves_and_loads_exactly(tmp_path):
+    from lmsleep.io import load_model, save_model
+
+    model = tiny_model(memory_levels=2, expert_pool=3)
+    for block in model.blocks:
+        block.mlp.levels[1].unlock()
+        train_slot(block.mlp.levels[1], 0)
+    save_model(model, tmp_path)
+    loaded = load_model(tmp_path)
+    for (name, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
+        assert a.dtype == b.dtype and torch.equal(a, b), name
+    tokens = random_tokens(model, 2, 9)
+    with torch.no_grad():
+        assert torch.equal(loaded(tokens), model(tokens))

@@ -79,3 +79,18 @@ def test_sampling_carries_no_gradient():
 def test_bad_seeding_values_are_refused(field, value):
     with pytest.raises(ValueError, match=field):
         SeedingConfig(**{field: value})
+
+
+def test_the_student_reads_the_blank_where_the_teacher_reads_the_context():
+    model = learner_model()
+    with torch.no_grad():
+        model.head.weight.mul_(40)
+    teacher = snapshot(model)
+    new, _ = prepare_student(model, sending=None, receiving=0)
+    context = random_tokens(model, 1, 5, seed=3)
+    cfg = SeedingConfig(steps=1, batch_size=2, sample_length=4, group_size=2, lr=1e-9)
+    prompts = torch.zeros(1, 1, dtype=torch.long)
+    same = consolidate(teacher, model, new, prompts, cfg, context=context, blank=context)
+    assert same.divergence_before < 1e-6  # a new expert changes nothing: with the context read, no gap
+    blanked = consolidate(teacher, model, new, prompts, cfg, context=context, blank=torch.zeros_like(context))
+    assert blanked.divergence_before > 1e-3

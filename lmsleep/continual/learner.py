@@ -39,7 +39,10 @@ FORMAT, VERSION = "lmsleep-learner", 1
 class LearnerConfig:
     """periods: C_ℓ per memory level (0 = frozen); lr / optimizer: the levels' update (Eq. 2: "sgd");
     seeding / dreaming: SeedingConfig / DreamingConfig fields; learn_dreams: wake on the rewarded dreams
-    after dreaming; prompt: the tokens replay samples start from; seed: all randomness."""
+    after dreaming; prompt: the tokens replay samples start from; blank: a token the student reads in place
+    of each context token when a context is consolidated (e.g. a padding token, so that the student sees
+    the layout in which it is later asked without the context; None: nothing in its place); seed: all
+    randomness."""
 
     periods: list[int] = field(default_factory=lambda: [1])
     lr: float = 1e-2
@@ -48,6 +51,7 @@ class LearnerConfig:
     dreaming: dict = field(default_factory=dict)
     learn_dreams: bool = True
     prompt: list[int] = field(default_factory=lambda: [0])
+    blank: int | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -58,6 +62,8 @@ class LearnerConfig:
         if not self.prompt:
             raise ValueError("LearnerConfig.prompt must hold at least one token id")
         validate.int_list("LearnerConfig.prompt", self.prompt, low=0)
+        if self.blank is not None:
+            validate.non_negative_int("LearnerConfig.blank", self.blank)
         self.seeding_config()
         self.dreaming_config()
 
@@ -77,9 +83,10 @@ class LearnerConfig:
 class ContinualLearner:
     def __init__(self, model: SleepLM, config: LearnerConfig = LearnerConfig(), run_dir=None, *, judge=None):
         check_periods(config.periods, model.config.memory_levels)
-        if max(config.prompt) >= model.config.vocab_size:
-            raise ValueError(f"LearnerConfig.prompt holds id {max(config.prompt)}, outside the vocabulary "
-                             f"[0, {model.config.vocab_size})")
+        for name, ids in (("prompt", config.prompt), ("blank", [config.blank or 0])):
+            if max(ids) >= model.config.vocab_size:
+                raise ValueError(f"LearnerConfig.{name} holds id {max(ids)}, outside the vocabulary "
+                                 f"[0, {model.config.vocab_size})")
         self.model, self.config = model, config
         self.updates = LevelUpdates(model, config.periods, lr=config.lr, optimizer=config.optimizer)
         self.generator = torch.Generator().manual_seed(config.seed)  # expert initialisation
@@ -182,7 +189,8 @@ class ContinualLearner:
         a level's sleep replays without it, a context reset distils the context itself)."""
         new, pruned = prepare_student(self.model, sending, receiving, self.generator)
         cfg = self.config.seeding_config(self.sleeps)
-        report = consolidate(teacher, self.model, new, self.prompt, cfg, context=context, judge=self.judge)
+        blank = None if context is None or self.config.blank is None else torch.full_like(context, self.config.blank)
+        report = consolidate(teacher, self.model, new, self.prompt, cfg, context=context, blank=blank, judge=self.judge)
         return {
             "receiving_level": receiving + 1,
             "unlocked": [[block, slot] for block, (_, slot) in enumerate(new)],

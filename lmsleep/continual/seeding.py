@@ -112,37 +112,50 @@ def _teacher_logits(teacher: SleepLM, sequences: torch.Tensor, context: torch.Te
         return teacher(torch.cat([context, sequences], dim=1))[:, context.shape[1]:]
 
 
-def _divergence(student, teacher, sequences, context, prompt_length: int, beta: float) -> torch.Tensor:
+def _student_logits(student: SleepLM, sequences: torch.Tensor, blank: torch.Tensor | None) -> torch.Tensor:
+    if blank is None:
+        return student(sequences)
+    return student(torch.cat([blank, sequences], dim=1))[:, blank.shape[1]:]
+
+
+def _divergence(student, teacher, sequences, context, blank, prompt_length: int, beta: float) -> torch.Tensor:
     """F(teacher ‖ student) at the positions that predict sampled tokens."""
     mask = torch.zeros(sequences.shape, dtype=torch.bool)
     mask[:, prompt_length - 1 : -1] = True
-    return generalized_jsd(student(sequences), _teacher_logits(teacher, sequences, context), beta, mask=mask)
+    return generalized_jsd(_student_logits(student, sequences, blank), _teacher_logits(teacher, sequences, context),
+                           beta, mask=mask)
 
 
-def _imitation(student, teacher_samples, prompt_length: int, cfg: SeedingConfig, step: int, judge):
+def _imitation(student, teacher_samples, blank, prompt_length: int, cfg: SeedingConfig, step: int, judge):
     """Step 5: cut each teacher sample at a random prefix, let the student complete it G times, and reward
     the completions against the teacher's suffix. Returns (REINFORCE loss, mean reward)."""
     generator = torch.Generator().manual_seed(cfg.seed * 7919 + step)
     cut = prompt_length + int(torch.randint(0, cfg.sample_length, (1,), generator=generator))
     prefixes = teacher_samples[:, :cut].repeat_interleave(cfg.group_size, dim=0)
     suffixes = teacher_samples[:, cut:].repeat_interleave(cfg.group_size, dim=0)
-    completions = SleepStream(student, batch_size=prefixes.shape[0]).generate(
-        prefixes, suffixes.shape[1], temperature=cfg.temperature, seed=cfg.seed + 104729 * (step + 1))
+    stream = SleepStream(student, batch_size=prefixes.shape[0])
+    if blank is not None:
+        stream.feed(blank.repeat_interleave(cfg.group_size, dim=0))
+    completions = stream.generate(prefixes, suffixes.shape[1], temperature=cfg.temperature,
+                                  seed=cfg.seed + 104729 * (step + 1))
     rewards = torch.tensor([reward(c.tolist(), s.tolist(), gamma=cfg.gamma, z0=cfg.z0, judge=judge)
                             for c, s in zip(completions, suffixes)], dtype=torch.float64)
     full = torch.cat([prefixes, completions], dim=1)
-    logprobs = student(full[:, :-1]).log_softmax(-1).gather(-1, full[:, 1:, None])[..., 0]
+    blanks = None if blank is None else blank.repeat_interleave(cfg.group_size, dim=0)
+    logprobs = _student_logits(student, full[:, :-1], blanks).log_softmax(-1).gather(-1, full[:, 1:, None])[..., 0]
     completion_logprob = logprobs[:, cut - 1 :].sum(-1)
     return reinforce_loss(completion_logprob, rewards.to(completion_logprob.dtype), cfg.group_size), rewards.mean().item()
 
 
 def consolidate(teacher: SleepLM, student: SleepLM, new_expert: NewExpert, prompts: torch.Tensor,
                 cfg: SeedingConfig = SeedingConfig(), *, context: torch.Tensor | None = None,
-                judge=ExactJudge()) -> SeedingReport:
+                blank: torch.Tensor | None = None, judge=ExactJudge()) -> SeedingReport:
     """Steps 3–6: train the new expert of `student` (only it moves) to imitate `teacher`.
 
     prompts [n, p]: what samples start from (e.g. a start token; never wake data), repeated to batch_size.
     context [1 or batch, c]: what the teacher reads first and the student does not (context consolidation).
+    blank [1 or batch, b]: what the student reads in its place (e.g. padding of the context's length, the
+    layout a model saw when asked without a context); None: nothing.
     """
     if not new_expert:
         raise ValueError("consolidate needs the new expert's (level, slot) in every block")
@@ -151,6 +164,8 @@ def consolidate(teacher: SleepLM, student: SleepLM, new_expert: NewExpert, promp
         raise ValueError(f"prompts must have 1 or batch_size = {cfg.batch_size} rows, got {prompts.shape[0]}")
     if context is not None:
         context = context.expand(cfg.batch_size, -1) if context.shape[0] == 1 else context
+    if blank is not None:
+        blank = blank.expand(cfg.batch_size, -1) if blank.shape[0] == 1 else blank
     prompt_length = prompts.shape[1]
     trainable = [p for module, _ in new_expert for p in (module.A, module.B, module.pool_router)]
     saved = {p: (p.requires_grad, p.grad) for p in student.parameters()}  # the wake sums stay untouched
@@ -166,8 +181,8 @@ def consolidate(teacher: SleepLM, student: SleepLM, new_expert: NewExpert, promp
 
     def measure(step: int) -> tuple[float, float]:
         with torch.no_grad():
-            divergence = _divergence(student, teacher, held_out, context, prompt_length, cfg.beta).item()
-            _, mean_reward = _imitation(student, held_out, prompt_length, cfg, step, judge)
+            divergence = _divergence(student, teacher, held_out, context, blank, prompt_length, cfg.beta).item()
+            _, mean_reward = _imitation(student, held_out, blank, prompt_length, cfg, step, judge)
         return divergence, mean_reward
 
     divergence_before, reward_before = measure(-1)
@@ -176,13 +191,15 @@ def consolidate(teacher: SleepLM, student: SleepLM, new_expert: NewExpert, promp
         for step in range(cfg.steps):
             seed = cfg.seed * 1_000_003 + 2 * step + 2
             teacher_samples = sample(teacher, prompts, cfg.sample_length, cfg.temperature, seed, context)
-            loss = (1 - cfg.lam) * _divergence(student, teacher, teacher_samples, context, prompt_length, cfg.beta)
+            loss = (1 - cfg.lam) * _divergence(student, teacher, teacher_samples, context, blank, prompt_length,
+                                               cfg.beta)
             if cfg.lam > 0:
-                student_samples = sample(student, prompts, cfg.sample_length, cfg.temperature, seed + 1)
-                loss = loss + cfg.lam * _divergence(student, teacher, student_samples, context, prompt_length, cfg.beta)
+                student_samples = sample(student, prompts, cfg.sample_length, cfg.temperature, seed + 1, blank)
+                loss = loss + cfg.lam * _divergence(student, teacher, student_samples, context, blank, prompt_length,
+                                                    cfg.beta)
             loss = cfg.alpha * loss
             if cfg.alpha < 1:
-                imitation, _ = _imitation(student, teacher_samples, prompt_length, cfg, step, judge)
+                imitation, _ = _imitation(student, teacher_samples, blank, prompt_length, cfg, step, judge)
                 loss = loss + (1 - cfg.alpha) * imitation
             optimizer.zero_grad(set_to_none=False)
             loss.backward()

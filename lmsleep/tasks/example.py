@@ -6,7 +6,8 @@ An `Example` is a next-token-prediction sequence of T positions. Per-position li
     targets    the token to predict at each position (the next token of the full sequence)
     loss_mask  1 where the target is an answer token, 0 elsewhere
     bucket     the answer's difficulty (rule110: t, depo: k, math: ops) where loss_mask is 1, -1 elsewhere
-    answer_id  which answer (0, 1, ...) the target belongs to where loss_mask is 1, -1 elsewhere;
+    answer_id  which answer (0, 1, ...) the target belongs to where it is scored, -1 elsewhere (-2 where
+               the target is trained on but not scored: `Trained` text such as a question to be written);
                an answer may span several tokens (e.g. a two-letter depo node name)
 
 All examples generated from one options set have the same T and the same number of answers, so they
@@ -22,6 +23,7 @@ import torch
 from .vocab import CHARACTERS, Vocabulary
 
 NOT_AN_ANSWER = -1
+TRAINED_ONLY = -2  # answer_id of text with loss that is not scored (`Trained`)
 
 
 class Answer(NamedTuple):
@@ -29,6 +31,12 @@ class Answer(NamedTuple):
 
     text: str
     bucket: int
+
+
+class Trained(NamedTuple):
+    """A piece of a sequence with loss that is not scored (e.g. a question, so that a model learns to ask)."""
+
+    text: str
 
 
 @dataclass(frozen=True)
@@ -46,9 +54,9 @@ class Example:
         return len(self.tokens)
 
 
-def make_example(pieces: Sequence[str | Answer], raw: dict, vocabulary: Vocabulary = CHARACTERS) -> Example:
+def make_example(pieces: Sequence[str | Answer | Trained], raw: dict, vocabulary: Vocabulary = CHARACTERS) -> Example:
     """Concatenate text pieces, each encoded with `vocabulary`, into one sequence; the `Answer` pieces
-    become the loss positions.
+    become the loss positions that are scored, `Trained` pieces loss positions that are not.
 
     Position i reads sequence[i] and predicts sequence[i + 1], so an answer token at sequence position j
     is scored at position j - 1 (e.g. the SEP before a label predicts the label).
@@ -60,12 +68,16 @@ def make_example(pieces: Sequence[str | Answer], raw: dict, vocabulary: Vocabula
             bucket += [piece.bucket] * len(ids)
             answer_id += [len(answers)] * len(ids)
             answers.append(piece.text)
+        elif isinstance(piece, Trained):
+            ids = vocabulary.encode(piece.text)
+            bucket += [NOT_AN_ANSWER] * len(ids)
+            answer_id += [TRAINED_ONLY] * len(ids)
         else:
             ids = vocabulary.encode(piece)
             bucket += [NOT_AN_ANSWER] * len(ids)
             answer_id += [NOT_AN_ANSWER] * len(ids)
         sequence += ids
-    assert answer_id[0] == NOT_AN_ANSWER, "a sequence cannot start with an answer: nothing predicts it"
+    assert answer_id[0] < 0, "a sequence cannot start with an answer: nothing predicts it"
     tokens = sequence[:-1]
     return Example(
         tokens=tokens,

@@ -24,7 +24,7 @@ import random
 from dataclasses import dataclass
 
 from .. import validate
-from .example import Answer, Example, batch, make_example
+from .example import Answer, Example, Trained, batch, make_example
 from .facts_text import (ATTRIBUTES, NAME_SYLLABLES, PAD, QUESTIONS, SEP, STATEMENTS, STOP, SYLLABLES,
                          VOCABULARY, question, question_length, read_facts, same_facts, statement,
                          statement_length, value_first)
@@ -52,6 +52,8 @@ class Options:
     context: int = 1
     pool: int = 1
     value_first: int = 1
+    syllables: int = 2
+    ask_loss: int = 0
 
     def __post_init__(self) -> None:
         validate.integer("facts.Options.entities", self.entities, 1, MAX_ENTITIES)
@@ -62,6 +64,8 @@ class Options:
         validate.integer("facts.Options.context", self.context, 0, 1)
         validate.one_of("facts.Options.pool", self.pool, POOLS)
         validate.integer("facts.Options.value_first", self.value_first, 0, 1)
+        validate.integer("facts.Options.syllables", self.syllables, 1, NAME_SYLLABLES)
+        validate.integer("facts.Options.ask_loss", self.ask_loss, 0, 1)
 
     @property
     def attribute_names(self) -> tuple[str, ...]:
@@ -83,17 +87,18 @@ class Options:
         return self.length
 
 
-def names(pool: int) -> list[str]:
-    """Every name of a pool (1 or 2: the two halves, each syllable in both at every position; 0: all)."""
+def names(pool: int, syllables: int = NAME_SYLLABLES) -> list[str]:
+    """Every name of a pool (1 or 2: the two halves, each syllable in both at every position; 0: all) of
+    `syllables` syllables (one-syllable names are one token each: easier to match for a tiny reader)."""
     validate.one_of("pool", pool, POOLS)
-    combos = itertools.product(range(len(SYLLABLES)), repeat=NAME_SYLLABLES)
+    combos = itertools.product(range(len(SYLLABLES)), repeat=syllables)
     return ["".join(SYLLABLES[i] for i in combo) for combo in combos if pool == 0 or sum(combo) % 2 == pool - 1]
 
 
 # ----- worlds -----
 
 def _world(rng: random.Random, entities: int, options: Options) -> dict:
-    chosen = rng.sample(names(options.pool), entities)
+    chosen = rng.sample(names(options.pool, options.syllables), entities)
     people = [{"name": name, **{a: rng.choice(ATTRIBUTES[a][: options.values]) for a in options.attribute_names}}
               for name in chosen]
     statements = [{"entity": p["name"], "attribute": a, "template": rng.choice(_templates(a, options))}
@@ -109,7 +114,7 @@ def _templates(attribute: str, options: Options) -> list[int]:
 def world(seed: int, entities: int, options: Options = Options(pool=2)) -> dict:
     """The raw world a learner reads: `entities` new people (names from options.pool, by default the
     held-out pool), options' attributes and values, and the statements of its passage. Deterministic in seed."""
-    validate.integer("world.entities", entities, 1, len(names(options.pool)))
+    validate.integer("world.entities", entities, 1, len(names(options.pool, options.syllables)))
     return {**_world(random.Random(seed), entities, options), "questions": [], "context": 1}
 
 
@@ -158,8 +163,12 @@ def _example(raw: dict, length: int, context: bool) -> Example:
         answer = facts[q["entity"], q["attribute"]]
         stated = next(s for s in raw["statements"] if (s["entity"], s["attribute"]) == (q["entity"], q["attribute"]))
         bucket = int(value_first(STATEMENTS[q["attribute"]][stated["template"]]))
-        pieces += [question(q["attribute"], q["template"], q["entity"]), Answer(answer, bucket), STOP]
-    used = sum(len(VOCABULARY.split(p.text if isinstance(p, Answer) else p)) for p in pieces)
+        asked = question(q["attribute"], q["template"], q["entity"])
+        if raw.get("ask_loss"):  # the model also learns to ask (so that it can write replay and dreams)
+            pieces += [Trained(asked), Answer(answer, bucket), Trained(STOP)]
+        else:
+            pieces += [asked, Answer(answer, bucket), STOP]
+    used = sum(len(VOCABULARY.split(p if isinstance(p, str) else p.text)) for p in pieces)
     assert used <= length + 1, "the layout reserves too few tokens"
     return make_example([" ".join([PAD] * (length + 1 - used)), *pieces], raw, VOCABULARY)
 
@@ -175,6 +184,7 @@ def generate(options: Options, n: int, seed: int) -> list[Example]:
         raw["questions"] = [{"entity": name, "attribute": a, "template": rng.randrange(len(QUESTIONS[a]))}
                             for name, a in asked]
         raw["context"] = options.context
+        raw["ask_loss"] = options.ask_loss
         examples.append(_example(raw, options.length, bool(options.context)))
     return examples
 

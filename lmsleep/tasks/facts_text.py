@@ -101,7 +101,7 @@ VOCABULARY = WordVocabulary("facts", _all_words())
 
 # ----- reading facts back out of text -----
 
-_NAME = r"((?:[%s][%s] ){%d})" % (CONSONANTS, VOWELS, NAME_SYLLABLES)  # "ka lu " (spelled, trailing space)
+_NAME = r"((?:[%s][%s] ){1,%d})" % (CONSONANTS, VOWELS, NAME_SYLLABLES)  # "ka lu " (spelled, trailing space)
 
 
 def _pattern(template: str, values: tuple[str, ...], ending: str) -> re.Pattern:
