@@ -29,7 +29,7 @@ WORLD = facts.Options(entities=1, attributes=3, values=8, questions=3, pool=1, a
 MODEL = {"layout": "AA", "eviction": "none", "d_model": 64, "memory_levels": 2, "expert_pool": 4,
          "expert_rank": 8}
 BASE_STEPS = 900
-SEEDING = {"steps": 80, "batch_size": 8, "sample_length": 24, "lr": 1e-2, "group_size": 4, "temperature": 0.5}
+SEEDING = {"steps": 80, "batch_size": 8, "sample_length": 24, "lr": 1e-2, "group_size": 4}
 DREAMING = {"dreams": 8, "dream_length": 20, "keep_top": 2, "keep_random": 1, "rank": 4, "steps": 10,
             "lr": 1e-2, "generator_steps": 5}
 
@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"  asleep, stage 2 (dreaming): {dreamt['dreams']} dreams, kept {len(kept)} (top by gradient importance "
           f"+ random), {sum(rewards)} rewarded (their copy beat the model's closed-book "
           f"{dreamt['measure_before'][0]:.0%}: {', '.join(f'{m:.0%}' for m in dreamt['measures_of_kept'][0])}); "
-          f"woke on {len(dreamt.get('woke_on_dreams', []))} ({dreamt['wall_s']:.0f} s)")
+          f"woke on {len(dreamt.get('woke_on_dreams', []))} ({dreamt['wall_s']:.1f} s)")
     print(f"  closed-book accuracy on the passage's questions: {before:.0%} before the sleep, {after:.0%} after")
     for question, answer, truth in answers(model, raw, context=False):
         print(f"    {question} -> {answer} ({'right' if answer == truth else 'wrong; the passage says ' + truth})")
