@@ -122,3 +122,16 @@ def test_dreaming_after_consolidation_is_logged_and_the_generator_is_saved(tmp_p
     resumed = ContinualLearner.load(model_b, tmp_path / "l.safetensors")
     for a, b in zip(learner.dream_generator.parameters(), resumed.dream_generator.parameters()):
         assert torch.equal(a, b)
+
+
+def test_bad_judge_and_empty_data_are_refused():
+    model, config = make((1, 2))
+    with pytest.raises(TypeError, match="judge"):
+        ContinualLearner(model, config, judge="exact")
+    learner = ContinualLearner(model, config)
+    with pytest.raises(ValueError, match="empty batch"):
+        learner.wake(torch.zeros(0, 5, dtype=torch.long))
+    with pytest.raises(ValueError, match="at least 2 tokens"):
+        learner.wake(torch.zeros(2, 1, dtype=torch.long))
+    with pytest.raises(ValueError, match="context"):
+        learner.read(torch.zeros(1, 0, dtype=torch.long))

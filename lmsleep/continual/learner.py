@@ -90,6 +90,8 @@ class ContinualLearner:
         self.model, self.config = model, config
         self.updates = LevelUpdates(model, config.periods, lr=config.lr, optimizer=config.optimizer)
         self.generator = torch.Generator().manual_seed(config.seed)  # expert initialisation
+        if judge is not None and not callable(judge):
+            raise TypeError(f"judge must be a callable (completion_ids, reference_ids) -> bool, got {type(judge).__name__}")
         self.judge = judge if judge is not None else ExactJudge()
         self.context: torch.Tensor | None = None
         self.dream_generator: LoRAAdapters | None = None  # trained by ReST-EM across sleeps
@@ -121,6 +123,8 @@ class ContinualLearner:
         """One wake step on `tokens` [batch, T] (next-token loss where loss_mask [batch, T − 1] is 1; all
         positions by default), read after the held context. Returns {"loss", "sleeps": [records]}."""
         self.model.check_tokens(tokens)
+        if tokens.shape[0] == 0:
+            raise ValueError("wake needs at least one sequence, got an empty batch")
         if tokens.shape[1] < 2:
             raise ValueError("wake needs sequences of at least 2 tokens (one to read, one to predict)")
         inputs, targets = tokens[:, :-1], tokens[:, 1:]
