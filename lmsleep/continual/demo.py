@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     pad = facts.VOCABULARY.encode(facts.PAD)[0]
     config = LearnerConfig(periods=[8, 16], lr=1e-2, seeding=SEEDING, dreaming=DREAMING, prompt=sep, blank=pad,
                            seed=args.seed)
-    learner = ContinualLearner(model, config, args.out, judge=_judge())
+    learner = ContinualLearner(model, config, args.out, judge=_judge(), progress=True)
     learner.read(passage)
     others = [torch.tensor([facts.passage_tokens(facts.world(20_000 + i, 1, WORLD))]) for i in range(3)]
     for tokens in others:  # life goes on: other passages, read while the passage is in context

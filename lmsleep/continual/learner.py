@@ -81,7 +81,8 @@ class LearnerConfig:
 
 
 class ContinualLearner:
-    def __init__(self, model: SleepLM, config: LearnerConfig = LearnerConfig(), run_dir=None, *, judge=None):
+    def __init__(self, model: SleepLM, config: LearnerConfig = LearnerConfig(), run_dir=None, *, judge=None,
+                 progress: bool = False):
         check_periods(config.periods, model.config.memory_levels)
         for name, ids in (("prompt", config.prompt), ("blank", [config.blank or 0])):
             if max(ids) >= model.config.vocab_size:
@@ -96,6 +97,7 @@ class ContinualLearner:
         self.context: torch.Tensor | None = None
         self.dream_generator: LoRAAdapters | None = None  # trained by ReST-EM across sleeps
         self.sleeps = 0
+        self.progress = progress  # progress bars over long sleeps
         self.run = RunDirectory(run_dir) if run_dir is not None else None
         if self.run is not None and not self.run.metrics_path.exists():
             self.run.start(json.dumps({"learner": asdict(config), "model": asdict(model.config)}, indent=2) + "\n")
@@ -194,7 +196,8 @@ class ContinualLearner:
         new, pruned = prepare_student(self.model, sending, receiving, self.generator)
         cfg = self.config.seeding_config(self.sleeps)
         blank = None if context is None or self.config.blank is None else torch.full_like(context, self.config.blank)
-        report = consolidate(teacher, self.model, new, self.prompt, cfg, context=context, blank=blank, judge=self.judge)
+        report = consolidate(teacher, self.model, new, self.prompt, cfg, context=context, blank=blank, judge=self.judge,
+                             progress=self.progress)
         return {
             "receiving_level": receiving + 1,
             "unlocked": [[block, slot] for block, (_, slot) in enumerate(new)],

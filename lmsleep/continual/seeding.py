@@ -149,13 +149,13 @@ def _imitation(student, teacher_samples, blank, prompt_length: int, cfg: Seeding
 
 def consolidate(teacher: SleepLM, student: SleepLM, new_expert: NewExpert, prompts: torch.Tensor,
                 cfg: SeedingConfig = SeedingConfig(), *, context: torch.Tensor | None = None,
-                blank: torch.Tensor | None = None, judge=ExactJudge()) -> SeedingReport:
+                blank: torch.Tensor | None = None, judge=ExactJudge(), progress: bool = False) -> SeedingReport:
     """Steps 3–6: train the new expert of `student` (only it moves) to imitate `teacher`.
 
     prompts [n, p]: what samples start from (e.g. a start token; never wake data), repeated to batch_size.
     context [1 or batch, c]: what the teacher reads first and the student does not (context consolidation).
     blank [1 or batch, b]: what the student reads in its place (e.g. padding of the context's length, the
-    layout a model saw when asked without a context); None: nothing.
+    layout a model saw when asked without a context); None: nothing. progress: a progress bar over the steps.
     """
     if not new_expert:
         raise ValueError("consolidate needs the new expert's (level, slot) in every block")
@@ -187,6 +187,11 @@ def consolidate(teacher: SleepLM, student: SleepLM, new_expert: NewExpert, promp
 
     divergence_before, reward_before = measure(-1)
     losses = []
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.steps, desc="sleep: knowledge seeding", unit="step", dynamic_ncols=True, leave=False)
     try:
         for step in range(cfg.steps):
             seed = cfg.seed * 1_000_003 + 2 * step + 2
@@ -212,7 +217,12 @@ def consolidate(teacher: SleepLM, student: SleepLM, new_expert: NewExpert, promp
                     p.grad[slot] = keep
             optimizer.step()
             losses.append(loss.item())
+            if bar is not None:
+                bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
+                bar.update(1)
     finally:
+        if bar is not None:
+            bar.close()
         for p, (requires_grad, grad) in saved.items():
             p.requires_grad_(requires_grad)
             p.grad = grad
