@@ -34,7 +34,7 @@ def test_every_task_declares_its_vocabulary_and_writes_its_examples_in_it():
     for name, module in TASKS.items():
         declared = vocabulary(name)
         assert declared is module.VOCABULARY
-        assert (declared is CHARACTERS) == (name in ("rule110", "depo", "math", "puzzles"))  # facts: in words
+        assert (declared is CHARACTERS) == (name in ("rule110", "depo", "math", "puzzles"))  # the rest: words
         example = module.generate(module.Options(), 2, seed=0)[0]
         assert declared.encode(example.input_text) == example.tokens
     with pytest.raises(ValueError, match="unknown task 'chess'"):

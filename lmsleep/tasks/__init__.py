@@ -12,11 +12,11 @@ examples into tensors and `score` turns predicted tokens into exact / per-answer
 (tasks.example). A model records the identity of the vocabulary it was trained with; `check_model_vocabulary`
 refuses to pair it with a task written in another.
 """
-from . import depo, facts, puzzles, rule110, symbolic_math
+from . import depo, facts, languages, puzzles, rule110, symbolic_math
 from .example import Answer, Example, batch, masked_targets, score
 from .vocab import VOCAB_SIZE, CharVocabulary, Vocabulary, WordVocabulary, check_vocabulary, decode, encode
 
-TASKS = {"rule110": rule110, "depo": depo, "math": symbolic_math, "facts": facts, "puzzles": puzzles}
+TASKS = {"rule110": rule110, "depo": depo, "math": symbolic_math, "facts": facts, "languages": languages, "puzzles": puzzles}
 
 
 def vocabulary(task: str) -> Vocabulary:
