@@ -58,6 +58,16 @@ class SleepLMForCausalLM(PreTrainedModel, GenerationMixin):
         """Nothing: SleepLM initialises its own weights when built, and from_pretrained loads every one."""
 
     @classmethod
+    def get_init_context(cls, *args, **kwargs):
+        """from_pretrained builds the model in these contexts before loading its weights. Not on the meta
+        device: lmsleep's layers compute parts of their initialisation from tensors (GatedDeltaNet's dt range),
+        which meta tensors cannot give. Built for real, under a forked random state, so that loading a model
+        leaves the caller's random numbers as they were."""
+        contexts = [c for c in super().get_init_context(*args, **kwargs)
+                    if not (isinstance(c, torch.device) and c.type == "meta")]
+        return [*contexts, torch.random.fork_rng(devices=[])]
+
+    @classmethod
     def _supports_default_dynamic_cache(cls) -> bool:
         return False  # generate() must not make a DynamicCache: forward makes the SleepCache (use_cache=True)
 
