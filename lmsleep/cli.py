@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import demo, report_cli, sweep_cli, train_cli
+from . import demo, hf_cli, report_cli, sweep_cli, train_cli
 from .continual import cli as continual_cli
 from .tasks import data_cli
 
@@ -16,6 +16,7 @@ SUBCOMMANDS = {
     "sweep": sweep_cli,
     "report": report_cli,
     "continual": continual_cli,
+    "hf-export": hf_cli,
 }
 
 
