@@ -113,6 +113,8 @@ class SleepLM(nn.Module):
             if adaptive is None:
                 h, memory = new_h, new_memory
                 continue
+            # Rows that stopped keep their result while the batch goes on: a row's sleep never depends on
+            # its batch companions, so the stream, the forward and a batch of one agree.
             converged = adaptive.converged(self._fast_states(memory), self._fast_states(new_memory))
             h = torch.where(running[:, None, None], new_h, h)
             memory = [self._rows(running, new_memory[i], m) if i in self.looped else m for i, m in enumerate(memory)]
