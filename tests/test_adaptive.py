@@ -195,3 +195,27 @@ def test_models_with_nothing_to_measure_refuse_adaptive(changes, why):
         model(tokens, passes=Adaptive(1e-2, 4))
     with pytest.raises(ValueError, match=why):
         SleepStream(model, passes=Adaptive(1e-2, 4))
+
+
+def test_a_memory_file_from_before_adaptive_sleep_counts_its_fixed_passes(tmp_path):
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from lmsleep.io import checksum
+
+    model = build()
+    stream = SleepStream(model, batch_size=2)  # N = 3
+    stream.feed(random_tokens(model, 2, 2 * L + 3))
+    path = tmp_path / "memory.safetensors"
+    stream.save(path)
+    tensors = load_file(str(path))
+    with safe_open(str(path), "pt") as handle:
+        metadata = {k: v for k, v in handle.metadata().items() if k != "checksum"}
+    state = json.loads(metadata["state"])
+    del state["last_passes"], state["total_passes"]
+    metadata["state"] = json.dumps(state)
+    save_file(tensors, str(path), metadata={**metadata, "checksum": checksum(tensors, metadata)})
+    restored = SleepStream.load(model, path)
+    assert restored.total_passes.tolist() == [6, 6] and restored.last_passes.tolist() == [3, 3]
