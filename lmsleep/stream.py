@@ -3,6 +3,10 @@
     feed tokens → each gets one ordinary pass (KV cache of this window, S updated recurrently)
     window full → sleep: passes 2..N over the window from the features and state pass 1 left,
                   blocks after the looped range once on the final features; then evict or slide the KV
+    sleep_now()  → the same on the partial window now (an agent going idle), so the next session starts light
+
+`passes` is a fixed N or `Adaptive(ε, N_max)` (lmsleep.adaptive: each row sleeps until its fast state
+converges); `last_passes` and `total_passes` ([batch]) say how many passes the sleeps ran.
 
 Memory is bounded by L whatever the stream length (except eviction='none', the full-attention baseline,
 whose cache grows by design). The whole memory state can be saved to a file and restored elsewhere.
@@ -14,6 +18,7 @@ import json
 import torch
 
 from . import validate
+from .adaptive import Adaptive, Passes, max_passes
 from .config import SleepConfig
 from .decoding import Picked, Sampling, finish_generation, generator_for, pick
 from .io import config_diff, load_tensors, save_tensors
@@ -24,7 +29,7 @@ VERSION = 2  # version 1: the same contents, written before files carried a chec
 
 
 class SleepStream:
-    def __init__(self, model: SleepLM, batch_size: int = 1, passes: int | None = None):
+    def __init__(self, model: SleepLM, batch_size: int = 1, passes: Passes | None = None):
         validate.positive_int("batch_size", batch_size)
         self.model = model
         self.batch_size = batch_size
@@ -38,10 +43,13 @@ class SleepStream:
         self.position = 0  # tokens of the current window seen so far
         self.tokens_seen = 0
         self.sleeps = 0
+        device = next(self.model.parameters()).device
+        self.last_passes = torch.zeros(self.batch_size, dtype=torch.long, device=device)  # of the latest sleep
+        self.total_passes = torch.zeros_like(self.last_passes)  # over all sleeps: mean = total / sleeps
 
     @property
     def _keeps_features(self) -> bool:
-        return self.passes > 1
+        return max_passes(self.passes) > 1
 
     def _window_left(self) -> int:
         if self.model.config.eviction == "none":
@@ -73,10 +81,28 @@ class SleepStream:
             return torch.zeros(self.batch_size, 0, self.model.config.vocab_size)
         return torch.cat(outputs, dim=1)
 
+    @torch.no_grad()
+    def sleep_now(self) -> torch.Tensor:
+        """Sleep on demand: consolidate the current partial window now (its N passes, or adaptive) and
+        evict, so the next token starts a fresh window of L. Returns the passes each row ran [batch].
+        The training forward gives the same logits with `boundaries` at these points (`tokens_seen`)."""
+        if self.model.config.eviction == "none":
+            raise ValueError("sleep_now needs a model that sleeps; this one has eviction='none' (no windows)")
+        if self.position == 0:
+            raise ValueError(
+                f"sleep_now on an empty window: no token was fed since the last sleep (tokens_seen "
+                f"{self.tokens_seen}, sleeps {self.sleeps}); there is nothing to consolidate"
+            )
+        self._sleep()
+        return self.last_passes
+
     def _sleep(self) -> None:
-        if self.passes > 1:
+        used = torch.ones_like(self.last_passes)
+        if self._keeps_features:
             h1 = torch.cat(self.features, dim=1)
-            self.memory = self.model.sleep(h1, self.memory, self.window_start, self.passes)
+            self.memory, used = self.model.sleep_counted(h1, self.memory, self.window_start, self.passes)
+        self.last_passes = used
+        self.total_passes = self.total_passes + used
         self.memory = self.model.evict(self.memory)
         self.window_start = self.memory
         self.features = []
@@ -137,8 +163,10 @@ class SleepStream:
         metadata = {
             "config": self.model.config.to_json(),
             "state": json.dumps(
-                {"batch_size": self.batch_size, "passes": self.passes, "position": self.position,
-                 "tokens_seen": self.tokens_seen, "sleeps": self.sleeps}
+                {"batch_size": self.batch_size, "position": self.position, "tokens_seen": self.tokens_seen,
+                 "sleeps": self.sleeps, "last_passes": self.last_passes.tolist(),
+                 "total_passes": self.total_passes.tolist(),
+                 "passes": self.passes.to_dict() if isinstance(self.passes, Adaptive) else self.passes}
             ),
         }
         save_tensors(path, tensors, FORMAT, VERSION, metadata)
@@ -151,9 +179,16 @@ class SleepStream:
         if saved != model.config:
             raise ValueError(f"memory state {path} was saved for a different model config: {config_diff(model.config, saved)}")
         state = json.loads(metadata["state"])
-        stream = cls(model, state["batch_size"], state["passes"])
+        passes = state["passes"]
+        stream = cls(model, state["batch_size"], Adaptive(**passes) if isinstance(passes, dict) else passes)
         stream.position, stream.tokens_seen, stream.sleeps = state["position"], state["tokens_seen"], state["sleeps"]
         param = next(model.parameters())
+        if "total_passes" in state:
+            last, total = state["last_passes"], state["total_passes"]
+        else:  # a file written before adaptive sleep: every sleep ran the fixed N
+            last, total = [passes if stream.sleeps else 0] * stream.batch_size, [passes * stream.sleeps] * stream.batch_size
+        stream.last_passes = torch.tensor(last, dtype=torch.long, device=param.device)
+        stream.total_passes = torch.tensor(total, dtype=torch.long, device=param.device)
         tensors = {name: t.to(param.device) for name, t in tensors.items()}
         stream.memory = [cls._block_memory(model, i, "memory", tensors) for i in range(len(model.blocks))]
         stream.window_start = [

@@ -2,8 +2,10 @@
 
 The attention context of a window is [retained keys (sliding eviction: the previous window's last L−1),
 keys of this window so far]. Positions are window-local, so nothing drifts however long the stream runs:
-retained key r sits at position r, key i of this window at position `offset + i`, where offset = L − 1
-in sliding mode and 0 otherwise. Rotary embeddings are relative, so only these differences matter.
+key i of this window sits at position `offset + i`, where offset = L − 1 in sliding mode and 0 otherwise,
+and the R retained keys just before it, at offset − R .. offset − 1 (R = L − 1 after a full window, fewer
+after a window a sleep on demand ended early). Rotary embeddings are relative, so only these differences
+matter: the last retained key is always one token before the window's first.
 """
 from __future__ import annotations
 
@@ -54,8 +56,9 @@ def window_attention(
 
     q: [batch, heads, new, dim] (unrotated) for window positions keys.shape[2]-new .. keys.shape[2]-1.
     keys, values: [batch, heads, seen, dim], every key of this window so far (unrotated), new ones last.
-    retained_*: [batch, heads, R, dim] kept from the previous window (unrotated) or None. Window query i
-    sees retained key r iff r ≥ i (a sliding window of R + 1 tokens) and window keys j ≤ i.
+    retained_*: [batch, heads, R ≤ offset, dim] kept from the previous window (unrotated) or None. Window
+    query i sees a retained key iff its position is ≥ i (a sliding window of offset + 1 tokens) and window
+    keys j ≤ i.
     """
     new, seen = q.shape[2], keys.shape[2]
     device = q.device
@@ -66,7 +69,8 @@ def window_attention(
     keys = rotary(keys, key_pos + offset, theta)
     if retained_keys is not None and retained_keys.shape[2] > 0:
         retained = retained_keys.shape[2]
-        retained_pos = torch.arange(retained, device=device)
+        assert retained <= offset, "retained keys are at most the offset (L − 1)"
+        retained_pos = torch.arange(offset - retained, offset, device=device)
         keys = torch.cat([rotary(retained_keys, retained_pos, theta), keys], dim=2)
         values = torch.cat([retained_values, values], dim=2)
         mask = torch.cat([retained_pos[None, :] >= query_pos[:, None], mask], dim=1)
