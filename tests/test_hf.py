@@ -285,3 +285,19 @@ def test_the_cli_starts_and_hf_export_explains_itself_without_transformers(tmp_p
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 2
     assert "pip install 'lmsleep[hf]'" in result.stderr
+
+
+def test_generate_sleeps_adaptively_through_a_cache_made_with_adaptive_passes():
+    from lmsleep import Adaptive
+
+    model = hf_model(sleep_passes=3)
+    prompt = random_tokens(model.model, 2, 5)
+    new = 3 * model.config.window
+    adaptive = Adaptive(0.3, 6)
+    out = generate(model, prompt, max_new_tokens=new, cache=SleepCache(model.model, passes=adaptive))
+    stream = SleepStream(model.model, batch_size=2, passes=adaptive)
+    expected = stream.generate(prompt, new)
+    assert torch.equal(out[:, 5:], expected)
+    fixed = generate(model, prompt, max_new_tokens=new, cache=SleepCache(model.model, passes=6))
+    assert int(stream.total_passes.sum()) < 2 * 6 * (5 + new) // model.config.window  # it stopped early somewhere
+    assert fixed.shape == out.shape
