@@ -4,7 +4,7 @@
     PYTHONPATH=. python experiments/adaptive_sleep.py RUN_DIR [RUN_DIR ...] [--eps 0.3 1e-1 ...] [--max-passes 8]
 
 Each RUN_DIR is a training run (lmsleep train / sweep): its `sweep-config.json` (or `train.json`) gives the
-task, and `checkpoint/` the model. The held-out set is the one lmsleep.train evaluates on
+task, and `checkpoint/` (or the directory itself, a model directory) the model. The held-out set is the one lmsleep.train evaluates on
 (task.generate(options, eval_size, EVAL_SEED)), scored the same way: windows whose loss mask is zero are
 slept on (N′ passes, or adaptive), the answer window gets its wake pass. "passes" is the mean, over the
 slept windows of every example, of the passes each ran (wake pass included). Prints a Markdown table
@@ -86,7 +86,7 @@ def main() -> None:
     changes: dict[str, list[float]] = {}
     for run in args.runs:
         cfg = run_config(run)
-        model = load_model(run / "checkpoint").eval()
+        model = load_model(run / "checkpoint" if (run / "checkpoint").is_dir() else run).eval()
         data = batch(cfg.task_module().generate(cfg.task_options_object(), cfg.eval_size, EVAL_SEED))
         results[run.name] = {label: evaluate(model, data, passes) for label, passes in settings}
         changes[run.name] = change_per_pass(model, data, args.max_passes)
