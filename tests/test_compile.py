@@ -107,3 +107,22 @@ def test_export():
     assert any(node.target is OP for node in exported.graph.nodes)
     for got, expected in zip(exported.module()(*inputs), _Op()(*inputs)):
         torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+def test_train_config_compile_is_opt_in(tmp_path):
+    """TrainConfig.compile / `lmsleep train --compile` compile the Trainer's loss; off by default."""
+    from test_train import tiny_train_config
+
+    from lmsleep.cli import build_parser
+    from lmsleep.train import Trainer
+    from lmsleep.train_cli import config_from_args
+
+    assert not tiny_train_config().compile
+    trainer = Trainer(tiny_train_config(compile=True), tmp_path, progress=False)
+    assert isinstance(trainer.loss_fn, torch._dynamo.eval_frame.OptimizedModule)
+    assert not isinstance(Trainer(tiny_train_config(), tmp_path / "eager", progress=False).loss_fn,
+                          torch._dynamo.eval_frame.OptimizedModule)
+    args = build_parser().parse_args(["train", "--out", str(tmp_path / "cli"), "--compile"])
+    assert config_from_args(args).compile
+    with pytest.raises((TypeError, ValueError), match="compile"):
+        tiny_train_config(compile="yes")
