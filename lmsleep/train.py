@@ -59,7 +59,8 @@ class TrainConfig:
     activation_checkpointing: bool = False
     tensorboard: bool = False
     # torch.compile the loss (forward and backward; optimisers stay eager). Opt-in: at the Rule 110 shapes it
-    # measured 1.1x per step after minutes of compiling on a CPU (results/benchmarks.md, section 6).
+    # measured 1.4x per step on a CPU after 2.5-3 minutes of compiling, more than a 1,000-step run saves
+    # (results/benchmarks.md, section 6).
     compile: bool = False
     # Easier data first: [{"until": step, "task_options": {overrides}}, ...] with increasing "until"; a training
     # step s < until uses the first such stage's overrides on top of task_options, later steps task_options

@@ -3,7 +3,10 @@ built and loaded by `library.py`), float32 on a CPU only, as a torch autograd Fu
 
 It computes what `chunk_fast.fast_chunk_gated_delta_rule` computes (so it matches the recurrent reference
 `naive.recurrent_gated_delta_rule`), one (batch row, head) at a time in cache. The dispatcher picks it for
-float32 CPU tensors whenever the library builds.
+float32 CPU tensors whenever the library builds. While torch.compile or torch.export traces, the same C calls
+run through the op registered with torch.library (`native_op.py`); eager calls keep the Function, which
+measured faster per call (2.3 ms against 6.1 ms forward + backward at the training shape (32, 8, 1, 64),
+117 ms against 135 ms at (16, 384, 4, 64), one thread).
 """
 from __future__ import annotations
 
