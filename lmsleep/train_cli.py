@@ -48,6 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-passes", type=int, nargs="+", default=None, help="also evaluate at these N′")
     parser.add_argument("--activation-checkpointing", action="store_true", default=None)
     parser.add_argument("--tensorboard", action="store_true", default=None)
+    parser.add_argument("--compile", action="store_true", default=None,
+                        help="torch.compile the loss (opt-in: see results/benchmarks.md for when it pays off)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per process")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -56,7 +58,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     data = _config_file(args.config) if args.config else {}
     for name in ("task", "steps", "batch_size", "warmup", "eval_every", "eval_size", "log_every", "checkpoint_every",
                  "seed", "lr", "adamw_lr", "weight_decay", "clip", "min_lr_ratio", "optimizer", "eval_passes",
-                 "activation_checkpointing", "tensorboard", "init_from"):
+                 "activation_checkpointing", "tensorboard", "compile", "init_from"):
         if getattr(args, name) is not None:
             data[name] = getattr(args, name)
     options = dict(data.get("task_options", {}))

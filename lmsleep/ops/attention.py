@@ -16,6 +16,10 @@ import torch.nn.functional as F
 _ROTARY_TABLES: dict = {}  # (half, theta, dtype, device) → (cos, sin) [positions, half], grown on demand
 
 
+def _frequencies(half: int, theta: float, device) -> torch.Tensor:
+    return theta ** (-torch.arange(half, device=device, dtype=torch.float64) / half)
+
+
 def _rotary_table(length: int, half: int, theta: float, dtype: torch.dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin of the rotary angles for positions 0..length−1 (or more), computed once in float64.
     Streaming asks for every position of the window at every token; recomputing them was most of a
@@ -24,8 +28,7 @@ def _rotary_table(length: int, half: int, theta: float, dtype: torch.dtype, devi
     table = _ROTARY_TABLES.get(key)
     if table is None or table[0].shape[0] < length:
         size = max(length, 2 * table[0].shape[0] if table is not None else 512)
-        freqs = theta ** (-torch.arange(half, device=device, dtype=torch.float64) / half)
-        angles = torch.arange(size, device=device, dtype=torch.float64)[:, None] * freqs[None, :]
+        angles = torch.arange(size, device=device, dtype=torch.float64)[:, None] * _frequencies(half, theta, device)[None, :]
         table = (angles.cos().to(dtype), angles.sin().to(dtype))
         _ROTARY_TABLES[key] = table
     return table
@@ -35,9 +38,13 @@ def rotary(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tens
     """Rotate pairs of features of x [batch, heads, time, dim] by position-dependent angles
     (positions: [time], non-negative integers)."""
     half = x.shape[-1] // 2
-    length = int(positions.max()) + 1 if positions.numel() else 0
-    cos, sin = _rotary_table(length, half, theta, x.dtype, x.device)
-    cos, sin = cos[positions], sin[positions]  # [time, half]
+    if torch.compiler.is_compiling():  # the table's size depends on the positions' values: computed here instead
+        angles = positions.to(torch.float64)[:, None] * _frequencies(half, theta, x.device)[None, :]
+        cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+    else:
+        length = int(positions.max()) + 1 if positions.numel() else 0
+        cos, sin = _rotary_table(length, half, theta, x.dtype, x.device)
+        cos, sin = cos[positions], sin[positions]  # [time, half]
     x1, x2 = x[..., :half], x[..., half : 2 * half]
     rotated = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
     return torch.cat([rotated, x[..., 2 * half :]], dim=-1)

@@ -5,6 +5,7 @@
     chunk.py       chunk_gated_delta_rule: the readable chunked algorithm (autograd through torch ops)
     chunk_fast.py  fast_chunk_gated_delta_rule: the same in torch ops with a hand-written backward
     native.py      native_chunk_gated_delta_rule: the same in C, float32 on a CPU (an autograd Function)
+    native_op.py   the native op registered with torch.library (what torch.compile / torch.export trace)
     library.py     builds csrc/gated_delta_rule.c on first use, loads it, calls it through ctypes
     fla.py         fla_chunk_gated_delta_rule: flash-linear-attention's kernel (CUDA, optional import)
     common.py      what the two fast paths share: chunk lengths, threads over (batch row, head) blocks

@@ -110,6 +110,12 @@ def library():
         return _state["library"]
 
 
+@torch.compiler.assume_constant_result  # torch.compile calls it while tracing (it takes a lock) and keeps the answer
+def available() -> bool:
+    """Whether `library()` loads (building it on first use)."""
+    return library() is not None
+
+
 def error() -> str | None:
     """Why `library()` is None (None when it loaded or was never asked for)."""
     return _state.get("error")

@@ -3,14 +3,17 @@ built and loaded by `library.py`), float32 on a CPU only, as a torch autograd Fu
 
 It computes what `chunk_fast.fast_chunk_gated_delta_rule` computes (so it matches the recurrent reference
 `naive.recurrent_gated_delta_rule`), one (batch row, head) at a time in cache. The dispatcher picks it for
-float32 CPU tensors whenever the library builds.
+float32 CPU tensors whenever the library builds. While torch.compile or torch.export traces, the same C calls
+run through the op registered with torch.library (`native_op.py`); eager calls keep the Function, which
+measured faster per call (2.3 ms against 6.1 ms forward + backward at the training shape (32, 8, 1, 64),
+117 ms against 135 ms at (16, 384, 4, 64), one thread).
 """
 from __future__ import annotations
 
 import torch
 from torch.autograd.function import once_differentiable
 
-from . import library
+from . import library, native_op
 from .common import chunking, even_slices, map_blocks, thread_count
 
 SPLIT_MIN_ELEMENTS = 2**15  # below this many values in q, the native forward runs on one thread
@@ -72,7 +75,7 @@ def unavailable_reason(*tensors, dtype: torch.dtype | None = None) -> str | None
         if x is not None and ((dtype or x.dtype) != torch.float32 or not x.is_cpu):
             kinds = sorted({f"{dtype or y.dtype} on {y.device.type}" for y in tensors if y is not None})
             return f"it takes float32 CPU tensors only, got {', '.join(kinds)}"
-    if library.library() is None:
+    if not library.available():
         return f"the native library is unavailable ({library.error()})"
     return None
 
@@ -100,8 +103,11 @@ def native_chunk_gated_delta_rule(
     reason = unavailable_reason(*tensors)
     if reason is not None:
         raise RuntimeError(f"native_chunk_gated_delta_rule: the native op cannot run: {reason}")
+    needs_grad = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in tensors)
     if chunk_size is None:  # results differ only by rounding
-        chunk_size = default_chunk_size(q.shape[-1], needs_grad=torch.is_grad_enabled() and any(
-            x is not None and x.requires_grad for x in tensors))
+        chunk_size = default_chunk_size(q.shape[-1], needs_grad)
+    if torch.compiler.is_compiling():  # the registered op: one node torch.compile and torch.export can trace
+        return native_op.traced_chunk_gated_delta_rule(q, k, v, g, beta, scale, initial_state, chunk_size, threads,
+                                                       needs_grad)
     _, length = chunking(q.shape[1], chunk_size)
     return _NativeChunkGatedDeltaRule.apply(q, k, v, g, beta, initial_state, scale, length, threads)
