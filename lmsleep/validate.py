@@ -78,7 +78,8 @@ def positive_number(name: str, value) -> float:
 
 def one_of(name: str, value, choices: Iterable) -> Any:
     choices = tuple(choices)
-    if not isinstance(value, typing.Hashable) or value not in choices:
+    # Same type as well as equal: True == 1 and 1.0 == 1 in Python, but neither is the choice 1.
+    if not any(type(value) is type(choice) and value == choice for choice in choices):
         raise ValueError(f"{name} must be one of {choices}, got {value!r}")
     return value
 
