@@ -3,7 +3,7 @@ forward+backward, at shapes (batch, time, heads, K = V).
 
 Peers, each called with its own defaults (chunk size 64, scale K^-1/2, q and k used as given):
 - transformers' `torch_chunk_gated_delta_rule` (qwen3_next), its plain-torch path;
-- flash-linear-attention's `naive_chunk_gated_delta_rule` (fla/ops/delta_rule/naive.py). fla is not a
+- flash-linear-attention's `naive_chunk_gated_delta_rule` (fla/ops/gated_delta_rule/naive.py). fla is not a
   dependency: that one file is taken from the fla-core wheel (`pip download --no-deps`) into a cache
   outside the repository ($LMSLEEP_BENCH_CACHE, default ~/.cache/lmsleep-bench) and imported by path,
   with einops (which it imports) fetched the same way if missing. Without network it is reported missing.
@@ -48,7 +48,7 @@ from lmsleep.ops import (  # noqa: E402
 from lmsleep.ops.delta_rule import library  # noqa: E402
 
 FLA_VERSION = "0.6.0"
-FLA_MEMBER = "fla/ops/delta_rule/naive.py"
+FLA_MEMBER = "fla/ops/gated_delta_rule/naive.py"
 CACHE = Path(os.environ.get("LMSLEEP_BENCH_CACHE", Path.home() / ".cache" / "lmsleep-bench"))
 FLOP_CHUNK = 64  # the FLOP count is that of the chunked algorithm at this chunk size, for every row
 
