@@ -298,10 +298,9 @@ class SleepLM(nn.Module):
         head's linear layers), the looped blocks run N times on consolidation windows (mask zero), plus
         each mixer's own per-token work (attention: 4·context·width, context = the window's length)."""
         matrices = [sum(m.weight.numel() for m in block.modules() if isinstance(m, nn.Linear)) for block in self.blocks]
-        length = self.window_length(len(loss_mask))
         total = 0.0
-        for start in range(0, len(loss_mask), length):
-            chunk = loss_mask[start : start + length]
+        for start, end in self.windows(len(loss_mask)):
+            chunk = loss_mask[start:end]
             passes = self.config.sleep_passes if not any(chunk) else 1
             for i, block in enumerate(self.blocks):
                 runs = passes if i in self.looped else 1

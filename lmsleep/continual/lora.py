@@ -260,8 +260,7 @@ def group_losses(model: nn.Module, router: _Router, batches: Sequence[Dataset], 
     whole batch, so stacking a batch that sleeps with one that does not would change the first)."""
     alike: dict[tuple, list[int]] = {}
     for g, (tokens, _, mask) in enumerate(batches):
-        length = model.window_length(tokens.shape[1])
-        sleeps = tuple(not bool(mask[:, s : s + length].any()) for s in range(0, tokens.shape[1], length))
+        sleeps = tuple(not bool(mask[:, start:end].any()) for start, end in model.windows(tokens.shape[1]))
         alike.setdefault((tokens.shape[1], sleeps), []).append(g)
     means: list[torch.Tensor | None] = [None] * len(batches)
     for members in alike.values():
