@@ -23,8 +23,8 @@ import torch
 from .. import validate
 from ..layers.levels import MemoryLevel
 from ..model import SleepLM
-from ..stream import SleepStream
 from .lora import LoRAAdapters, finetune
+from .seeding import sample
 from .selection import importance, select
 
 REWARD_MODES = ("every", "best")
@@ -103,10 +103,8 @@ def sample_dreams(model: SleepLM, context: torch.Tensor, cfg: DreamingConfig, se
     """m dreams [m, dream_length] sampled after reading C, with the generator adapter when there is one."""
     adapter = generator.applied(model, 0) if generator is not None else contextlib.nullcontext()
     with adapter, random_experts(model, seed if cfg.random_expert else None):
-        stream = SleepStream(model, batch_size=cfg.dreams)
-        stream.feed(context.expand(cfg.dreams, -1)[:, :-1])
-        return stream.generate(context[:, -1:].expand(cfg.dreams, -1), cfg.dream_length,
-                               temperature=cfg.temperature, seed=seed)
+        rows = context.expand(cfg.dreams, -1)  # C's last token prompts the dream, the rest is read first
+        return sample(model, rows[:, -1:], cfg.dream_length, cfg.temperature, seed, rows[:, :-1])[:, 1:]
 
 
 def sft_data(sequences: torch.Tensor, scored_from: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
