@@ -1,4 +1,5 @@
-"""A pretrained base for the `facts` world, trained once and cached (spec: sleep-continual.md, Our
+"""Pretrained bases, trained once and cached: `pretrained` for any world's TrainConfig, `pretrained_base`
+for the `facts` world (spec: sleep-continual.md, Our
 reproduction; issue 13, "Each world comes with a pretrained base").
 
 The base is pretrained on in-context examples (passage, then questions; loss on the answers) about names
@@ -68,8 +69,10 @@ def base_config(options: facts.Options = OPTIONS, model_fields: dict | None = No
 
 def cache_key(cfg: TrainConfig) -> str:
     """A short hash of what determines a base's weights."""
+    from ..tasks import vocabulary
+
     identity = {"train": json.loads(cfg.to_json()), "torch": torch.__version__.split("+")[0],
-                "vocabulary": facts.VOCABULARY.identity}
+                "vocabulary": vocabulary(cfg.task).identity}
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -100,20 +103,29 @@ def pretrained_base(options: facts.Options = OPTIONS, model_fields: dict | None 
     trained (lmsleep.train.Trainer), measured and cached. `model_fields` (SleepConfig fields, passed through
     unchanged) replaces MODEL_FIELDS; the task fills vocab_size, vocabulary and window."""
     cfg = base_config(options, model_fields, steps, seed)
+    model, report = pretrained(cfg, lambda m: measure(m, options), cache_dir, progress)
+    if progress:
+        print(f"base {'loaded from' if report['loaded'] else 'trained in ' + str(report['train_seconds']) + ' s and cached in'} "
+              f"{report['cache']}: in-context {report['in_context']:.1%}, closed-book {report['closed_book']:.1%} "
+              f"on new entities")
+    return model, report
+
+
+def pretrained(cfg: TrainConfig, measure_fn, cache_dir: str | os.PathLike | None = None,
+               progress: bool = True) -> tuple[SleepLM, dict]:
+    """Any world's base: the model `cfg` trains (in eval mode) and its report (what `measure_fn(model)`
+    returned when it was trained, plus "steps", "train_seconds", "config", "cache", "loaded"), loaded from
+    the cache when this exact config was trained before, else trained, measured and cached."""
     entry = cache_root(cache_dir) / cache_key(cfg)
     if (entry / REPORT_FILE).is_file():
         report = json.loads((entry / REPORT_FILE).read_text())
-        model = load_model(entry).eval()
-        if progress:
-            print(f"base loaded from {entry}: in-context {report['in_context']:.1%}, "
-                  f"closed-book {report['closed_book']:.1%} on new entities")
-        return model, {**report, "cache": str(entry)}
+        return load_model(entry).eval(), {**report, "cache": str(entry), "loaded": True}
     entry.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".train-", dir=entry.parent) as run:
         trainer = Trainer(cfg, run, progress=progress)
         trainer.run()
         model = trainer.model.eval()
-        report = {**measure(model, options), "steps": steps, "train_seconds": round(trainer.wall, 1),
+        report = {**measure_fn(model), "steps": cfg.steps, "train_seconds": round(trainer.wall, 1),
                   "config": json.loads(cfg.to_json())}
         staging = Path(run) / "base"
         save_model(model, staging)
@@ -121,7 +133,4 @@ def pretrained_base(options: facts.Options = OPTIONS, model_fields: dict | None 
         if not (entry / REPORT_FILE).is_file():  # another process may have finished the same base meanwhile
             shutil.rmtree(entry, ignore_errors=True)
             os.replace(staging, entry)
-    if progress:
-        print(f"base trained in {report['train_seconds']} s and cached in {entry}: in-context "
-              f"{report['in_context']:.1%}, closed-book {report['closed_book']:.1%} on new entities")
-    return model, {**report, "cache": str(entry)}
+    return model, {**report, "cache": str(entry), "loaded": False}

@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 
 from . import demo
+from .bench import cli as bench
 
-HELP = "the continual learner of paper 2 (memory levels, knowledge seeding, dreaming): `continual demo`"
-COMMANDS = {"demo": demo}
+HELP = "the continual learner of paper 2 (memory levels, knowledge seeding, dreaming): `continual demo`, `continual bench NAME`"
+COMMANDS = {"demo": demo, "bench": bench}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

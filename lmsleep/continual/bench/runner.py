@@ -1,0 +1,173 @@
+"""The runner every paper-2 benchmark shares (issue 13): seeds, the time estimate said up front, one
+progress bar, per-seed result files that survive a crash, mean ± std over seeds, a plot and a report.
+
+A benchmark is a module exporting
+
+    NAME, HELP                      its name on the command line and one line of help
+    add_arguments(parser)           its own flags (sizes, systems); the runner adds --seeds, --out, --threads
+    estimate(args) -> seconds       how long one seed takes on 2 cores (said before it starts)
+    units(args) -> int              progress units per seed (the benchmark calls tick() once per unit)
+    run_seed(args, seed, tick) -> dict   one seed: {"systems": {system: {metric: number}}, ...anything else}
+    PRIMARY                         the metric the plot shows by default
+    plot(summary, path)             optional: its own figure (default: a bar per system of PRIMARY)
+    notes(summary) -> str           optional: markdown placed under the table (what was measured, verdicts)
+
+Files in OUT: seed-<s>.json per seed (written atomically when the seed ends; a rerun skips seeds already
+done with the same arguments), results.json (arguments, per-seed results, summary), <NAME>.png, report.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from ...io import write_text
+
+
+def seed_list(text: str) -> list[int]:
+    """--seeds: a count ("3" = seeds 0, 1, 2) or a comma-separated list ("0,4,7")."""
+    try:
+        if "," in text:
+            seeds = [int(part) for part in text.split(",") if part.strip()]
+        else:
+            seeds = list(range(int(text)))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seeds must be a count or a comma-separated list of integers, got {text!r}")
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"--seeds needs at least one seed, none negative or repeated, got {text!r}")
+    return seeds
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, default_out: str) -> None:
+    parser.add_argument("--seeds", type=seed_list, default=seed_list("3"),
+                        help="how many seeds (0..S-1) or a list like 0,3,5 (default 3)")
+    parser.add_argument("--out", default=default_out, help=f"output directory (default {default_out})")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--cache-dir", default=None, help="where pretrained bases are cached (default ~/.cache/lmsleep)")
+
+
+def identity(args: argparse.Namespace) -> dict:
+    """The arguments that determine a seed's results (not where they go, not how many seeds)."""
+    skip = {"seeds", "out", "threads", "bench_run", "continual_run", "continual_command", "command", "func",
+            "bench_name", "cache_dir"}
+    return {k: v for k, v in sorted(vars(args).items()) if k not in skip and not callable(v)}
+
+
+def aggregate(per_seed: list[dict]) -> dict:
+    """{system: {metric: {"mean", "std", "n", "values"}}} over seeds (std: sample std, 0 for one seed)."""
+    systems: dict[str, dict[str, list[float]]] = {}
+    for result in per_seed:
+        for system, metrics in result["systems"].items():
+            for metric, value in metrics.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                    systems.setdefault(system, {}).setdefault(metric, []).append(float(value))
+    return {system: {metric: {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+                              "n": len(values), "values": values}
+                     for metric, values in metrics.items()}
+            for system, metrics in systems.items()}
+
+
+def cell(stat: dict | None, percent: bool) -> str:
+    if stat is None:
+        return "—"
+    scale, unit = (100, "") if percent else (1, "")
+    return f"{stat['mean'] * scale:.1f} ± {stat['std'] * scale:.1f}{unit}"
+
+
+def table(summary: dict, metrics: list[str], percent: set[str] = frozenset()) -> str:
+    """A markdown table: one row per system, one column per metric, mean ± std (percent metrics ×100)."""
+    lines = ["| system | " + " | ".join(metrics) + " |", "| --- |" + " --- |" * len(metrics)]
+    for system, stats in summary.items():
+        lines.append(f"| {system} | " + " | ".join(cell(stats.get(m), m in percent) for m in metrics) + " |")
+    return "\n".join(lines)
+
+
+def bar_plot(summary: dict, metric: str, path: Path, title: str, ylabel: str | None = None) -> None:
+    """One bar per system: the mean of `metric` with its std over seeds as an error bar, seeds as dots."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    systems = [s for s in summary if metric in summary[s]]
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.75 * len(systems) + 2), 3.6))
+    means = [summary[s][metric]["mean"] for s in systems]
+    stds = [summary[s][metric]["std"] for s in systems]
+    ax.bar(range(len(systems)), means, yerr=stds, capsize=3, color="#9ecae1", edgecolor="#3182bd")
+    for i, s in enumerate(systems):
+        values = summary[s][metric]["values"]
+        ax.scatter([i] * len(values), values, s=10, color="#08519c", zorder=3)
+    ax.set_xticks(range(len(systems)), systems, rotation=30, ha="right")
+    ax.set_ylabel(ylabel or metric)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run(bench, args: argparse.Namespace, argv: list[str] | None = None) -> dict:
+    """Run `bench` for every seed of args.seeds (skipping seeds whose file in args.out matches these
+    arguments), then write results.json, the plot and report.md. Returns the results."""
+    import torch
+    from tqdm import tqdm
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ident = identity(args)
+    done, todo = {}, []
+    for seed in args.seeds:
+        path = out / f"seed-{seed}.json"
+        if path.is_file():
+            try:
+                saved = json.loads(path.read_text())
+            except json.JSONDecodeError:
+                saved = None  # torn by a crash: run it again
+            if saved is not None and saved.get("arguments") == ident:
+                done[seed] = saved["result"]
+                continue
+        todo.append(seed)
+    each = bench.estimate(args)
+    print(f"lmsleep continual bench {bench.NAME}: {len(args.seeds)} seed(s), {len(done)} already in {out}; "
+          f"about {_duration(each * len(todo))} for the remaining {len(todo)} on 2 cores ({_duration(each)} per seed)",
+          flush=True)
+    started = time.perf_counter()
+    with tqdm(total=bench.units(args) * len(todo), desc=f"bench {bench.NAME}", unit="step", dynamic_ncols=True) as bar:
+        for seed in todo:
+            result = bench.run_seed(args, seed, lambda n=1: bar.update(n))
+            write_text(out / f"seed-{seed}.json",
+                       json.dumps({"arguments": ident, "seed": seed, "result": result}, indent=1) + "\n")
+            done[seed] = result
+    per_seed = [done[s] for s in args.seeds]
+    summary = aggregate(per_seed)
+    command = "lmsleep continual bench " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[3:]))
+    results = {"benchmark": bench.NAME, "command": command, "arguments": ident, "seeds": list(args.seeds),
+               "per_seed": per_seed, "summary": summary, "wall_s": round(time.perf_counter() - started, 1)}
+    write_text(out / "results.json", json.dumps(results, indent=1) + "\n")
+    plot_path = out / f"{bench.NAME}.png"
+    if hasattr(bench, "plot"):
+        bench.plot(summary, plot_path, per_seed)
+    else:
+        bar_plot(summary, bench.PRIMARY, plot_path, f"{bench.NAME}: {bench.PRIMARY} (mean ± std over seeds)")
+    metrics = getattr(bench, "COLUMNS", None) or sorted({m for stats in summary.values() for m in stats})
+    report = [f"# Benchmark `{bench.NAME}`", "", bench.HELP, "", f"    {command}", "",
+              f"Seeds: {', '.join(map(str, args.seeds))}. Mean ± std over seeds; percentages ×100.", "",
+              table(summary, metrics, set(getattr(bench, "PERCENT", ()))), "", f"![{bench.NAME}]({plot_path.name})", ""]
+    if hasattr(bench, "notes"):
+        report += [bench.notes(summary, per_seed), ""]
+    write_text(out / "report.md", "\n".join(report))
+    print(f"results: {out / 'results.json'}, plot: {plot_path}, report: {out / 'report.md'}")
+    return results
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
