@@ -81,3 +81,19 @@ def test_bad_measure_or_context_is_refused():
         dream(model, context, 0.5, CFG)
     with pytest.raises(ValueError, match="context"):
         dream(model, context[:, :1], lambda m: 0.0, CFG)
+
+
+def test_dream_datasets_read_the_prefix_unscored_and_propose_keeps_k_plus_b():
+    from lmsleep.continual.dreaming import dream_datasets, propose
+
+    model, context = model_and_context()
+    dreams = torch.randint(1, 5, (3, 5))
+    prefix = torch.tensor([[7, 7, 2]])
+    for d, (tokens, targets, mask) in zip(dreams, dream_datasets(dreams, prefix)):
+        assert torch.equal(tokens[0], torch.cat([prefix[0], d])[:-1])
+        assert torch.equal(targets[0][mask[0].bool()], d)  # exactly the dream's tokens are scored
+    cfg = DreamingConfig(dreams=5, dream_length=4, keep_top=2, keep_random=1, rank=2, steps=1)
+    sampled, datasets, scores, kept = propose(model, context, cfg, seed=3, prefix=prefix)
+    assert sampled.shape == (5, 4) and len(datasets) == 5 and scores.shape == (5,)
+    assert len(kept) == 3 and len(set(kept)) == 3
+    assert set(torch.topk(scores, 2).indices.tolist()) <= set(kept)

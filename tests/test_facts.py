@@ -141,7 +141,8 @@ def test_pretrained_base_is_cached_and_loaded_bit_identically(tmp_path, monkeypa
     assert len(entries) == 1 and report["cache"] == str(entries[0])
     monkeypatch.setattr(base, "Trainer", None)  # loading must not train
     again, report_again = base.pretrained_base(model_fields=TINY, cache_dir=tmp_path, steps=5, progress=False)
-    assert report_again == report
+    assert report["loaded"] is False and report_again["loaded"] is True
+    assert {**report_again, "loaded": False} == report
     assert again.config == model.config and again.config.vocabulary == facts.VOCABULARY.identity
     for (name, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
         assert torch.equal(a, b), name

@@ -94,3 +94,42 @@ def test_the_student_reads_the_blank_where_the_teacher_reads_the_context():
     assert same.divergence_before < 1e-6  # a new expert changes nothing: with the context read, no gap
     blanked = consolidate(teacher, model, new, prompts, cfg, context=context, blank=torch.zeros_like(context))
     assert blanked.divergence_before > 1e-3
+
+
+def test_train_expert_moves_only_the_new_expert_and_keeps_the_wake_sums():
+    from lmsleep.continual.seeding import train_expert
+
+    model = learner_model()
+    for p in model.parameters():  # a wake sum waiting for its level's boundary
+        p.grad = torch.full_like(p, 0.5)
+    new, _ = prepare_student(model, sending=None, receiving=0, generator=torch.Generator().manual_seed(0))
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    tokens = random_tokens(model, 3, 8, 1)
+    mask = torch.ones(3, 7, dtype=torch.long)
+    losses = train_expert(model, new, (tokens[:, :-1], tokens[:, 1:], mask), steps=8, lr=3e-2)
+    assert losses[-1] < losses[0]
+    for name, p in model.named_parameters():
+        if name.endswith((".A", ".B")) and ".levels.0." in name:
+            changed = (p != before[name]).flatten(1).any(1)
+            assert changed[0] and not changed[1:].any(), name
+        elif not name.endswith(".pool_router"):
+            assert torch.equal(p, before[name]), name
+        assert torch.equal(p.grad, torch.full_like(p, 0.5)), name
+
+
+def test_no_expansion_trains_the_levels_existing_experts_and_no_low_rank_one():
+    from lmsleep.continual.seeding import existing_experts
+
+    model = learner_model()
+    with torch.no_grad():
+        model.head.weight.mul_(40)
+    teacher = snapshot(model)
+    context = random_tokens(model, 1, 6, 3)
+    target = existing_experts(model, 0)
+    assert all(slot is None for _, slot in target)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    cfg = SeedingConfig(steps=4, lr=3e-3, batch_size=2, sample_length=4, group_size=2)
+    consolidate(teacher, model, target, torch.zeros(1, 1, dtype=torch.long), cfg, context=context)
+    moved = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
+    assert moved and all(".levels.0.base." in name for name in moved), moved
+    assert all(not module.active.any() for level in (0, 1) for module in level_modules(model, level))

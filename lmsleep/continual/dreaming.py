@@ -133,25 +133,47 @@ def rest_em_data(context: torch.Tensor, dreams: torch.Tensor, rewards: list[int]
     return sft_data(pairs, scored_from=context.shape[1])
 
 
+def dream_datasets(dreams: torch.Tensor, prefix: torch.Tensor | None = None) -> list:
+    """One next-token dataset per dream [m, L]: the dream alone, or read after `prefix` [1, p] (not scored),
+    e.g. padding where the context was: the layout in which the model is later asked without it."""
+    if prefix is None:
+        return [sft_data(d[None]) for d in dreams]
+    return [sft_data(torch.cat([prefix, d[None]], dim=1), scored_from=prefix.shape[1]) for d in dreams]
+
+
+def propose(model: SleepLM, context: torch.Tensor, cfg: DreamingConfig, seed: int,
+            generator: LoRAAdapters | None = None, prefix: torch.Tensor | None = None):
+    """Steps 1–2, which need no measure: sample m dreams after C, score them by gradient importance, keep
+    the top k + b random. Returns (dreams [m, L], their datasets, scores [m], kept indices)."""
+    dreams = sample_dreams(model, context, cfg, seed, generator)
+    datasets = dream_datasets(dreams, prefix)
+    scores = importance(model, datasets, sft_data(context), rank=cfg.rank, alpha=cfg.alpha, seed=seed)
+    kept = select(scores, cfg.keep_top, cfg.keep_random, torch.Generator().manual_seed(seed)).tolist()
+    return dreams, datasets, scores, kept
+
+
 def dream(model: SleepLM, context: torch.Tensor, measure: Callable[[SleepLM], float],
-          cfg: DreamingConfig = DreamingConfig(), generator: LoRAAdapters | None = None) -> DreamReport:
+          cfg: DreamingConfig = DreamingConfig(), generator: LoRAAdapters | None = None,
+          prefix: torch.Tensor | None = None) -> DreamReport:
     """Steps 1–4 for one context C [1, c]. `measure(model)` is τ (it may be called with an adapter applied);
-    `generator`: the dream generator from an earlier sleep, if any. The model's weights never change."""
+    `generator`: the dream generator from an earlier sleep, if any; `prefix` [1, p]: what each dream is read
+    after when a copy learns it (dream_datasets). The model's weights never change."""
     model.check_tokens(context, "context")
     if context.shape[0] != 1 or context.shape[1] < 2:
         raise ValueError(f"context must be one row [1, c] of at least 2 tokens, got {tuple(context.shape)}")
     if not callable(measure):
         raise TypeError(f"measure must be a callable model -> float, got {type(measure).__name__}")
+    if prefix is not None:
+        model.check_tokens(prefix, "prefix")
+        if prefix.dim() != 2 or prefix.shape[0] != 1:
+            raise ValueError(f"prefix must be one row [1, p], got {tuple(prefix.shape)}")
     report = DreamReport(generator=generator)
     was_training = model.training
     model.eval()
     try:
         for round_ in range(cfg.rounds):
             seed = cfg.seed * 1_000_003 + round_
-            dreams = sample_dreams(model, context, cfg, seed, report.generator)
-            datasets = [sft_data(d[None]) for d in dreams]
-            scores = importance(model, datasets, sft_data(context), rank=cfg.rank, alpha=cfg.alpha, seed=seed)
-            kept = select(scores, cfg.keep_top, cfg.keep_random, torch.Generator().manual_seed(seed)).tolist()
+            dreams, datasets, scores, kept = propose(model, context, cfg, seed, report.generator, prefix)
             tuned = finetune(model, [datasets[i] for i in kept], rank=cfg.rank, alpha=cfg.alpha, steps=cfg.steps,
                              lr=cfg.lr, seed=seed)
             before = float(measure(model))

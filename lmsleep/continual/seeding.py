@@ -27,7 +27,7 @@ from .divergence import generalized_jsd
 from .levels import LevelUpdates, level_modules
 from .rewards import ExactJudge, reinforce_loss, reward
 
-NewExpert = list[tuple[MemoryLevel, int]]  # (level module, slot) in every block
+NewExpert = list[tuple[MemoryLevel, int | None]]  # (level module, slot) in every block; None: no expansion
 
 
 @dataclass(frozen=True)
@@ -93,6 +93,82 @@ def prepare_student(model: SleepLM, sending: int | None, receiving: int,
     new = [(module, module.unlock(generator)) for module in level_modules(model, receiving)]
     return new, pruned
 
+
+# ----- which parameters a sleep trains -----
+
+def trainable_parameters(new_expert: NewExpert) -> list[torch.Tensor]:
+    """The tensors holding the new expert of every block (A, B, pool router: only its rows will move).
+    A slot of None means "no expansion" (an ablation): the level's existing base experts train instead."""
+    params = []
+    for module, slot in new_expert:
+        params += [p for base in module.base for p in base.parameters()] if slot is None else \
+            [module.A, module.B, module.pool_router]
+    return params
+
+
+def freeze_all_but(model: SleepLM, new_expert: NewExpert) -> dict:
+    """Freeze every parameter but the new expert's, setting the wake gradients aside; returns what
+    `restore` puts back."""
+    saved = {p: (p.requires_grad, p.grad) for p in model.parameters()}  # the wake sums stay untouched
+    for p in model.parameters():
+        p.requires_grad_(False)
+        p.grad = None
+    for p in trainable_parameters(new_expert):
+        p.requires_grad_(True)
+    return saved
+
+
+def keep_only_new_expert_gradients(new_expert: NewExpert) -> None:
+    """Zero the gradient of every row but the new expert's slot (the other slots share its tensors)."""
+    for module, slot in new_expert:
+        if slot is None:
+            continue
+        for p in (module.A, module.B, module.pool_router):
+            if p.grad is None:  # the router of "sum" gating is unused
+                continue
+            keep = p.grad[slot].clone()
+            p.grad.zero_()
+            p.grad[slot] = keep
+
+
+def restore(saved: dict, new_expert: NewExpert) -> None:
+    for p, (requires_grad, grad) in saved.items():
+        p.requires_grad_(requires_grad)
+        p.grad = grad
+    for module, _ in new_expert:
+        LevelUpdates.keep_masked(module)
+
+
+def existing_experts(model: SleepLM, receiving: int) -> NewExpert:
+    """The "no expansion" ablation's target: level `receiving`'s base experts in every block (slot None)."""
+    return [(module, None) for module in level_modules(model, receiving)]
+
+
+
+def train_expert(model: SleepLM, new_expert: NewExpert, data, *, steps: int, lr: float) -> list[float]:
+    """Supervised steps (Adam, next-token loss on data = (tokens, targets, loss_mask)) on the new expert only,
+    e.g. to learn kept dreams into the capacity a consolidation just unlocked; every other weight and the
+    wake gradients stay as they were. Returns the loss before each step."""
+    tokens, targets, mask = data
+    validate.non_negative_int("steps", steps)
+    validate.positive_number("lr", lr)
+    saved = freeze_all_but(model, new_expert)
+    optimizer = torch.optim.Adam(trainable_parameters(new_expert), lr=lr)
+    was_training = model.training
+    model.eval()
+    losses = []
+    try:
+        for _ in range(steps):
+            optimizer.zero_grad(set_to_none=False)
+            loss = model.loss(tokens, targets, mask)
+            loss.backward()
+            keep_only_new_expert_gradients(new_expert)
+            optimizer.step()
+            losses.append(loss.item())
+    finally:
+        restore(saved, new_expert)
+        model.train(was_training)
+    return losses
 
 # ----- replay -----
 
@@ -167,14 +243,8 @@ def consolidate(teacher: SleepLM, student: SleepLM, new_expert: NewExpert, promp
     if blank is not None:
         blank = blank.expand(cfg.batch_size, -1) if blank.shape[0] == 1 else blank
     prompt_length = prompts.shape[1]
-    trainable = [p for module, _ in new_expert for p in (module.A, module.B, module.pool_router)]
-    saved = {p: (p.requires_grad, p.grad) for p in student.parameters()}  # the wake sums stay untouched
-    for p in student.parameters():
-        p.requires_grad_(False)
-        p.grad = None
-    for p in trainable:
-        p.requires_grad_(True)
-    optimizer = torch.optim.Adam(trainable, lr=cfg.lr)
+    saved = freeze_all_but(student, new_expert)
+    optimizer = torch.optim.Adam(trainable_parameters(new_expert), lr=cfg.lr)
     was_training = student.training
     student.eval()  # no dropout; the forward is deterministic
     held_out = sample(teacher, prompts, cfg.sample_length, cfg.temperature, cfg.seed + 1, context)
@@ -208,13 +278,7 @@ def consolidate(teacher: SleepLM, student: SleepLM, new_expert: NewExpert, promp
                 loss = loss + (1 - cfg.alpha) * imitation
             optimizer.zero_grad(set_to_none=False)
             loss.backward()
-            for module, slot in new_expert:  # only the new expert's rows move
-                for p in (module.A, module.B, module.pool_router):
-                    if p.grad is None:  # the router of "sum" gating is unused
-                        continue
-                    keep = p.grad[slot].clone()
-                    p.grad.zero_()
-                    p.grad[slot] = keep
+            keep_only_new_expert_gradients(new_expert)
             optimizer.step()
             losses.append(loss.item())
             if bar is not None:
@@ -223,11 +287,7 @@ def consolidate(teacher: SleepLM, student: SleepLM, new_expert: NewExpert, promp
     finally:
         if bar is not None:
             bar.close()
-        for p, (requires_grad, grad) in saved.items():
-            p.requires_grad_(requires_grad)
-            p.grad = grad
-        for module, _ in new_expert:
-            LevelUpdates.keep_masked(module)
+        restore(saved, new_expert)
         student.train(was_training)
     divergence_after, reward_after = measure(-1)
     return SeedingReport(divergence_before, divergence_after, reward_before, reward_after, losses)

@@ -19,6 +19,7 @@ Raw: {"entities": [{"name", <attribute>: value, ...}], "statements": [{"entity",
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import random
 from dataclasses import dataclass
@@ -91,8 +92,13 @@ def names(pool: int, syllables: int = NAME_SYLLABLES) -> list[str]:
     """Every name of a pool (1 or 2: the two halves, each syllable in both at every position; 0: all) of
     `syllables` syllables (one-syllable names are one token each: easier to match for a tiny reader)."""
     validate.one_of("pool", pool, POOLS)
+    return list(_names(pool, syllables))
+
+
+@functools.lru_cache(maxsize=None)
+def _names(pool: int, syllables: int) -> tuple[str, ...]:  # every world draws from the pool: build it once
     combos = itertools.product(range(len(SYLLABLES)), repeat=syllables)
-    return ["".join(SYLLABLES[i] for i in combo) for combo in combos if pool == 0 or sum(combo) % 2 == pool - 1]
+    return tuple("".join(SYLLABLES[i] for i in combo) for combo in combos if pool == 0 or sum(combo) % 2 == pool - 1)
 
 
 # ----- worlds -----

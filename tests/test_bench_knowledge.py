@@ -1,0 +1,116 @@
+"""The knowledge benchmark (continual.bench.knowledge) and the shared runner, at a tiny size: the files it
+writes, resuming, its systems on their own, and bad flags."""
+import argparse
+import copy
+import json
+
+import pytest
+import torch
+
+from lmsleep.continual.bench import knowledge, knowledge_systems as ks, load, runner
+from lmsleep.continual.bench.cli import add_arguments
+from lmsleep.tasks import facts
+
+
+def parse(*argv):
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return parser.parse_args(["knowledge", *argv])
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny run (bases of 30 steps, 2 update steps) and its output directory."""
+    root = tmp_path_factory.mktemp("bench")
+    args = parse("--seeds", "2", "--steps", "2", "--base-steps", "30", "--generator-passages", "1", "--out", str(root / "out"),
+                 "--cache-dir", str(root / "cache"), "--threads", "1")
+    return args, runner.run(args.bench_run, args, argv=["knowledge", "--seeds", "2"])
+
+
+def test_the_runner_writes_results_plot_report_and_seed_files(tiny):
+    args, results = tiny
+    out = args.out
+    saved = json.loads(open(f"{out}/results.json").read())
+    assert saved["seeds"] == [0, 1] and len(saved["per_seed"]) == 2
+    expected = set(knowledge.systems(args))
+    assert set(saved["summary"]) == expected
+    for system, stats in saved["summary"].items():
+        assert 0 <= stats["accuracy"]["mean"] <= 1 and stats["accuracy"]["n"] == 2
+    report = open(f"{out}/report.md").read()
+    assert "| sleep (2 levels) |" in report and "knowledge.png" in report and "lmsleep continual bench" in report
+    assert open(f"{out}/knowledge.png", "rb").read(4) == b"\x89PNG"
+    for seed in (0, 1):
+        assert json.loads(open(f"{out}/seed-{seed}.json").read())["seed"] == seed
+    # the base row is the base: nothing learnt, nothing forgotten; in context is the ceiling
+    base = saved["per_seed"][0]["systems"]["base"]
+    assert base["forgetting"] == 0.0
+
+
+def test_a_rerun_skips_finished_seeds_and_reruns_changed_arguments(tiny, monkeypatch):
+    args, first = tiny
+    calls = []
+    original = knowledge.run_seed
+    monkeypatch.setattr(knowledge, "run_seed", lambda a, seed, tick: calls.append(seed) or original(a, seed, tick))
+    again = runner.run(knowledge, args, argv=["knowledge"])
+    assert calls == [] and json.dumps(again["per_seed"]) == json.dumps(first["per_seed"])
+    changed = copy.copy(args)
+    changed.seeds = [1]
+    changed.forgetting_budget = 0.5  # other arguments: seed 1 is computed again
+    runner.run(knowledge, changed, argv=["knowledge"])
+    assert calls == [1]
+
+
+def test_aggregate_is_mean_and_sample_std_over_seeds():
+    summary = runner.aggregate([{"systems": {"a": {"x": 0.0, "y": float("nan")}}}, {"systems": {"a": {"x": 1.0}}}])
+    assert summary["a"]["x"]["mean"] == 0.5 and summary["a"]["x"]["std"] == pytest.approx(0.5 ** 0.5)
+    assert "y" not in summary["a"]  # a non-finite value is left out, not averaged
+
+
+def test_rows_left_pad_and_score_only_from_the_start():
+    tokens, targets, mask = ks.rows([torch.tensor([5, 6, 7]), torch.tensor([8, 9])], [1, 1])
+    assert tokens.tolist() == [[5, 6], [ks.PAD, 8]]
+    assert targets.tolist() == [[6, 7], [8, 9]]
+    assert mask.tolist() == [[1, 1], [0, 1]]
+
+
+def test_the_closed_book_layout_is_padding_where_the_passage_was():
+    raw = facts.world(5, 1, facts.Options(entities=1, attributes=3, questions=3, pool=2))
+    assert ks.context(raw).shape == ks.blank(raw).shape
+    assert ks.blank(raw)[0, :-1].eq(ks.PAD).all() and ks.blank(raw)[0, -1] == ks.SEP == ks.context(raw)[0, -1]
+
+
+def test_finetune_systems_change_the_model_and_sleep_only_the_new_expert(tiny):
+    args, _ = tiny
+    from lmsleep.continual.base import pretrained_base
+
+    base, _ = pretrained_base(knowledge.WORLD, {**knowledge.MODEL, "memory_levels": 2}, args.cache_dir, 30,
+                              progress=False)
+    raw = facts.world(9, 1, knowledge.WORLD.__class__(**{**knowledge.WORLD.__dict__, "pool": 2}))
+    budget = ks.Budget(steps=2, dream_steps=2, seeding=knowledge.SEEDING, dreaming=knowledge.DREAMING)
+    for name, system in ks.SFT.items():
+        model = copy.deepcopy(base)
+        system(model, raw, 1e-3, budget, 0, None)
+        assert any(not torch.equal(a, b) for a, b in zip(model.parameters(), base.parameters())), name
+    model = copy.deepcopy(base)
+    ks.sleep(model, raw, budget, 0, None)
+    moved = {n for (n, a), b in zip(model.named_parameters(), base.parameters()) if not torch.equal(a, b)}
+    assert moved and all(".levels.0." in n and n.endswith((".A", ".B", ".pool_router")) for n in moved), moved
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--steps", "0", "--steps"), ("--passages", "99", "experts"), ("--forgetting-budget", "2", "budget"),
+])
+def test_bad_flags_are_named(flag, value, message):
+    args = parse(flag, value)
+    with pytest.raises(ValueError, match=message):
+        knowledge.units(args)
+
+
+def test_bad_seeds_and_unknown_benchmarks_are_refused():
+    with pytest.raises(argparse.ArgumentTypeError, match="--seeds"):
+        runner.seed_list("0,0")
+    with pytest.raises(argparse.ArgumentTypeError, match="--seeds"):
+        runner.seed_list("x")
+    assert runner.seed_list("3") == [0, 1, 2] and runner.seed_list("4,7") == [4, 7]
+    with pytest.raises(ValueError, match="unknown benchmark"):
+        load("nope")
