@@ -125,25 +125,38 @@ def kept_dreams(model: SleepLM, raw: dict, budget: Budget, seed: int, generator:
 
 # ----- the systems -----
 
-def finetune(model: SleepLM, raw: dict, lr: float, budget: Budget, seed: int, generator=None) -> None:
-    sequence = passage(raw)[0]
-    sft(model, rows([sequence], [1]), steps=budget.steps, lr=lr, seed=seed)
+def passage_data(model: SleepLM, raw: dict, budget: Budget, seed: int, generator=None):
+    """finetune's rows: the passage itself."""
+    return rows([passage(raw)[0]], [1])
 
 
-def finetune_restatements(model: SleepLM, raw: dict, lr: float, budget: Budget, seed: int, generator=None) -> None:
+def restatement_data(model: SleepLM, raw: dict, budget: Budget, seed: int, generator=None):
+    """finetune+restatements' rows: the passage, and restatements the model wrote after reading it (sampled
+    after SEP), each read after padding where the passage was."""
     prompts = torch.tensor([[SEP]] * budget.restatements)
     written = sample(model, prompts, budget.restatement_length, 1.0, seed,
                      passage(raw).expand(budget.restatements, -1))[:, 1:]
     prefix = blank(raw)[0]
     sequences = [passage(raw)[0]] + [torch.cat([prefix, w]) for w in written]
-    sft(model, rows(sequences, [1] + [prefix.numel()] * len(written)), steps=budget.steps, lr=lr, seed=seed)
+    return rows(sequences, [1] + [prefix.numel()] * len(written))
 
 
-def seal(model: SleepLM, raw: dict, lr: float, budget: Budget, seed: int, generator=None) -> None:
-    sft(model, kept_dreams(model, raw, budget, seed, generator), steps=budget.steps, lr=lr, seed=seed)
+def dream_data(model: SleepLM, raw: dict, budget: Budget, seed: int, generator=None):
+    """seal's rows: the kept dreams."""
+    return kept_dreams(model, raw, budget, seed, generator)
 
 
-SFT = {"finetune": finetune, "finetune+restatements": finetune_restatements, "seal": seal}
+DATA = {"finetune": passage_data, "finetune+restatements": restatement_data, "seal": dream_data}
+
+
+def fine_tune_system(name: str):
+    """The system `name` of SFT_SYSTEMS: full fine-tuning (budget.steps Adam steps at lr) on its rows."""
+    def system(model: SleepLM, raw: dict, lr: float, budget: Budget, seed: int, generator=None) -> None:
+        sft(model, DATA[name](model, raw, budget, seed, generator), steps=budget.steps, lr=lr, seed=seed)
+    return system
+
+
+SFT = {name: fine_tune_system(name) for name in SFT_SYSTEMS}
 
 
 def sleep(model: SleepLM, raw: dict, budget: Budget, seed: int, generator: LoRAAdapters | None,
