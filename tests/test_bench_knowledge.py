@@ -114,3 +114,17 @@ def test_bad_seeds_and_unknown_benchmarks_are_refused():
     assert runner.seed_list("3") == [0, 1, 2] and runner.seed_list("4,7") == [4, 7]
     with pytest.raises(ValueError, match="unknown benchmark"):
         load("nope")
+
+
+def test_fidelity_counts_true_facts_covered_and_wrong_facts_stated():
+    raw = facts.world(5, 1, facts.Options(entities=1, attributes=3, questions=3, pool=2))
+    person = raw["entities"][0]
+    name = person["name"]
+    from lmsleep.tasks.facts_text import question
+
+    right = f"{question('city', 0, name)} {person['city']} ."
+    wrong_color = next(c for c in facts.ATTRIBUTES["color"] if c != person["color"])
+    wrong = f"{question('color', 0, name)} {wrong_color} ."
+    sequences = [torch.tensor([ks.SEP] + facts.VOCABULARY.encode(text)) for text in (right, wrong, "the is . ?")]
+    result = ks.fidelity(ks.rows(sequences, [1, 1, 1]), raw)
+    assert result == {"true": 1 / 3, "wrong": 1 / 2, "stated": 2.0}

@@ -14,6 +14,8 @@ Measured per system (mean over the seed's trials, then mean ± std over seeds):
     reading      other knowledge: in-context accuracy on 64 other passages (the base's skill)
     forgetting   reading of the base − reading after the update (points lost)
     forgot_old   continued setting: accuracy on a passage right after it was learnt − at the end
+    writes_true / writes_wrong   self-edit fidelity of the base's own writing (restatements; kept dreams):
+                 the share of the passage's facts it states, the share of stated facts that are wrong
     wall_s       seconds per passage
 
 Budgets (stated in the report): every fine-tuning system takes `--steps` Adam steps on all parameters, its
@@ -41,8 +43,8 @@ NAME = "knowledge"
 HELP = ("knowledge incorporation (paper 2, Table 3): read a passage once, clear the context, answer closed-book; "
         "fine-tuning, restatements, SEAL-style and Sleep with its ablations (default: about 7 minutes)")
 PRIMARY = "accuracy"
-COLUMNS = ["accuracy", "transfer", "forgetting", "reading", "forgot_old", "wall_s"]
-PERCENT = ("accuracy", "transfer", "forgetting", "reading", "forgot_old")
+COLUMNS = ["accuracy", "transfer", "forgetting", "reading", "forgot_old", "writes_true", "writes_wrong", "wall_s"]
+PERCENT = ("accuracy", "transfer", "forgetting", "reading", "forgot_old", "writes_true", "writes_wrong")
 
 MODEL = {**DEMO_MODEL, "expert_pool": 24}  # one new expert per passage in the continued setting
 LEVELS = (2, 4)
@@ -215,6 +217,8 @@ def _single(args, seed, raws, bases, generators, probe, reading_base, lrs, budge
         base = bases[2]
         base_acc, in_context = ks.accuracy(base, raw), ks.accuracy(base, raw, in_context=True)
         record("base", base, raw, base_acc, in_context, 2, 0.0)
+        writing = {name: ks.fidelity(ks.DATA[name](base, raw, budget, seed * 101 + t, generators[2]), raw)
+                   for name in ("finetune+restatements", "seal")}
         rows.setdefault("in-context", []).append({"accuracy": in_context, "transfer": 1.0 if in_context > base_acc else math.nan,
                                                   "reading": reading_base[2], "forgetting": 0.0, "wall_s": 0.0})
         for name in systems(args)[2:]:
@@ -233,6 +237,8 @@ def _single(args, seed, raws, bases, generators, probe, reading_base, lrs, budge
                    capture if name == "sleep (2 levels)" and ablations(args) else None)
             seconds = time.perf_counter() - started
             record(name, model, raw, base_acc, in_context, levels, seconds)
+            if name in writing:  # how faithful the base's own writing was (self-edit fidelity)
+                rows[name][-1].update({f"writes_{k}": v for k, v in writing[name].items()})
             if "model" in captured:
                 record("sleep − dreaming", captured["model"], raw, base_acc, in_context, 2, captured["seconds"])
             tick()

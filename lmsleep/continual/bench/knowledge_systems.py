@@ -102,6 +102,19 @@ def rows(sequences: list[torch.Tensor], scored_from: list[int]) -> tuple[torch.T
     return tokens[:, :-1], tokens[:, 1:], mask
 
 
+def fidelity(data, raw: dict) -> dict:
+    """What self-written rows (restatements or dreams) state about the passage's person: the share of their
+    true facts stated at least once ("true"), and the share of stated facts about them that are wrong
+    ("wrong"); facts about other names count as wrong too."""
+    tokens, targets, mask = data
+    truth = {("".join(p["name"].split()), a, p[a]) for p in raw["entities"] for a in p if a != "name"}
+    stated = set()
+    for row, scored in zip(targets, mask):
+        stated |= facts.read_facts(facts.VOCABULARY.decode(row[scored.bool()].tolist()))
+    return {"true": len(stated & truth) / len(truth), "wrong": len(stated - truth) / len(stated) if stated else 0.0,
+            "stated": float(len(stated))}
+
+
 # ----- the dream generator (trained on other passages, with their questions as τ) -----
 
 def train_generator(model: SleepLM, training: list[dict], budget: Budget, seed: int) -> LoRAAdapters | None:
