@@ -14,8 +14,9 @@
    nothing extra. The products run through one small matrix kernel (`multiply`) written with GCC vector
    extensions, which the compiler maps to the machine's widest SIMD registers (-march=native).
 
-   The backward walks the chunks from the last, with the states entering each chunk and U saved by the
-   forward, and recomputes the rest of a chunk (D, A, T, P: C×C work) rather than storing it:
+   The backward walks the chunks from the last, with U and the states entering every few chunks saved by
+   the forward; it recomputes the states in between (S' above, from U) and the rest of a chunk (D, A, T,
+   P: C×C work) rather than storing them:
 
        dU = Pᵀ dO + (K · Γ_C/Γ) dS'                 Y = Tᵀ dU   (so dV = β·Y)
        dA = −Y Uᵀ, dP = dO Uᵀ (each ⊙ D on its part), and dS = Γ_C dS' + (Γ·q)ᵀ dO − (Γ·β·K)ᵀ Y;
