@@ -227,8 +227,11 @@ def test_no_compiler_or_disabled_falls_back_quietly_or_with_a_warning(fresh_nati
 
 @needs_native
 def test_saved_buffers_are_aligned_rows_of_the_sizes_the_library_asks():
-    states_size, u_size = library.saved_sizes(37, 5, 7, 8)  # 5 chunks of 8 tokens, padded to 16 floats
-    assert (states_size, u_size) == (6 * 16 * 16, 5 * 16 * 16)
+    # 5 chunks of 8 tokens, padded to 16 floats; a state is kept per 64 tokens (8 chunks here), so one
+    states_size, u_size = library.saved_sizes(37, 5, 7, 8)
+    assert (states_size, u_size) == (1 * 16 * 16, 5 * 16 * 16)
+    assert library.saved_sizes(200, 5, 7, 16) == (4 * 16 * 16, 13 * 16 * 16)  # 13 chunks, a state per 4
+    assert library.saved_sizes(200, 5, 7, 64) == (4 * 16 * 16, 4 * 64 * 16)  # chunks of 64: a state each
     states, u = library.saved_buffers(3, 37, 5, 7, 8)
     assert states.shape == (3, states_size) and u.shape == (3, u_size)
     assert all(row.data_ptr() % 64 == 0 for buffer in (states, u) for row in buffer)

@@ -22,8 +22,8 @@ CHUNK_SIZE = 16  # the native op's default chunk (see default_chunk_size)
 
 class _NativeChunkGatedDeltaRule(torch.autograd.Function):
     """The op in the native library: (batch row, head) pairs cut into `threads` ranges, each run on a thread
-    of its own. When a gradient is needed the forward also keeps the state entering each chunk and U, from
-    which the native backward recomputes the rest chunk by chunk."""
+    of its own. When a gradient is needed the forward also keeps each chunk's U and the state entering a
+    chunk once per 64 tokens, from which the native backward recomputes the rest chunk by chunk."""
 
     @staticmethod
     def forward(ctx, q, k, v, g, beta, initial_state, scale, length, threads):

@@ -20,6 +20,7 @@ from . import library
 from .common import chunking, even_slices, map_blocks
 
 LANES = 16  # csrc/gated_delta_rule.c pads K, V and the chunk length to whole vectors of 16 floats
+STATE_SPAN = 64  # and keeps the state entering a chunk once per this many tokens (its SPAN)
 
 
 def _round_up(n):
@@ -30,7 +31,9 @@ def saved_sizes(time, key_dim, value_dim, length) -> tuple:
     """How many float32 values the forward keeps per (batch row, head): (states, U), as the C library says
     (`library.saved_sizes`; a test checks they agree). Works on symbolic sizes."""
     chunks = (time + length - 1) // length
-    return (chunks + 1) * _round_up(key_dim) * _round_up(value_dim), chunks * _round_up(length) * _round_up(value_dim)
+    stride = STATE_SPAN // length if length < STATE_SPAN else 1  # a state kept every `stride` chunks
+    states = (chunks + stride - 1) // stride * _round_up(key_dim) * _round_up(value_dim)
+    return states, chunks * _round_up(length) * _round_up(value_dim)
 
 
 def _ranges(pairs: int, threads: int) -> list[slice]:

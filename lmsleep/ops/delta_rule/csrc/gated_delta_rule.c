@@ -14,8 +14,9 @@
    nothing extra. The products run through one small matrix kernel (`multiply`) written with GCC vector
    extensions, which the compiler maps to the machine's widest SIMD registers (-march=native).
 
-   The backward walks the chunks from the last, with the states entering each chunk and U saved by the
-   forward, and recomputes the rest of a chunk (D, A, T, P: C×C work) rather than storing it:
+   The backward walks the chunks from the last, with U and the states entering every few chunks saved by
+   the forward; it recomputes the states in between (S' above, from U) and the rest of a chunk (D, A, T,
+   P: C×C work) rather than storing them:
 
        dU = Pᵀ dO + (K · Γ_C/Γ) dS'                 Y = Tᵀ dU   (so dV = β·Y)
        dA = −Y Uᵀ, dP = dO Uᵀ (each ⊙ D on its part), and dS = Γ_C dS' + (Γ·q)ᵀ dO − (Γ·β·K)ᵀ Y;
@@ -248,26 +249,31 @@ static void chunk_init(Chunk *c, Arena *arena, int K, int V, int C, float scale)
     c->P = c->products + C * C;
 }
 
-/* Lay out the tokens start … start + count − 1 (rows past them zero) and compute G, Γ, Γ_C/Γ, D, A, T
-   and P; q̃ᵀ too when `with_qt`. */
-static void chunk_prepare(Chunk *c, const float *const inputs[5], const long token_strides[5], long start,
-                          int count, int with_qt) {
+/* Lay out the tokens start … start + count − 1 (rows past them zero) and compute G, Γ, Γ_C/Γ and Kᵀ:
+   all that carrying the state across the chunk needs (`advance_state`). With `keys_only`, the q and v
+   rows are left as they were. */
+static void chunk_load(Chunk *c, const float *const inputs[5], const long token_strides[5], long start, int count,
+                       int keys_only) {
     const int K = c->K, V = c->V, C = c->C, Kp = c->Kp, Vp = c->Vp;
     float running = 0.0f;
     for (int i = 0; i < C; i++) {
         float *krow = c->KQ + i * Kp, *qrow = c->KQ + (C + i) * Kp, *vrow = c->values + i * Vp;
         if (i < count) {
             const long t = start + i;
-            const float *qt = inputs[0] + t * token_strides[0];
             memcpy(krow, inputs[1] + t * token_strides[1], K * sizeof(float));
-            for (int d = 0; d < K; d++) qrow[d] = qt[d] * c->scale;
-            memcpy(vrow, inputs[2] + t * token_strides[2], V * sizeof(float));
+            if (!keys_only) {
+                const float *qt = inputs[0] + t * token_strides[0];
+                for (int d = 0; d < K; d++) qrow[d] = qt[d] * c->scale;
+                memcpy(vrow, inputs[2] + t * token_strides[2], V * sizeof(float));
+            }
             running += inputs[3][t * token_strides[3]];
             c->beta[i] = inputs[4][t * token_strides[4]];
         } else {
             memset(krow, 0, K * sizeof(float));
-            memset(qrow, 0, K * sizeof(float));
-            memset(vrow, 0, V * sizeof(float));
+            if (!keys_only) {
+                memset(qrow, 0, K * sizeof(float));
+                memset(vrow, 0, V * sizeof(float));
+            }
             c->beta[i] = 0.0f;
         }
         c->G[i] = running;
@@ -275,6 +281,21 @@ static void chunk_prepare(Chunk *c, const float *const inputs[5], const long tok
     }
     for (int j = 0; j < C; j++) c->to_end[j] = expf(c->G[C - 1] - c->G[j]);
     transpose(Kp, C, c->KQ, Kp, c->KT, C, 1.0f);
+}
+
+/* S_out = Γ_C S_in + (K · Γ_C/Γ)ᵀ U for a chunk laid out by `chunk_load` (S_out may be S_in). Scales Kᵀ
+   in place. The forward and the backward's recomputation both go through here, so that the states the
+   backward recomputes are bit for bit those of the forward. */
+static void advance_state(Chunk *c, const float *U, const float *S_in, float *S_out) {
+    scaled_copy(c->K, c->C, c->KT, c->C, c->KT, c->C, NULL, c->to_end);
+    multiply(c->K, c->C, c->Vp, c->KT, c->C, U, c->Vp, S_out, c->Vp, S_in, c->decay[c->C - 1]);
+}
+
+/* `chunk_load`, then D, A, T and P; q̃ᵀ too when `with_qt`. */
+static void chunk_prepare(Chunk *c, const float *const inputs[5], const long token_strides[5], long start,
+                          int count, int with_qt) {
+    const int K = c->K, C = c->C, Kp = c->Kp;
+    chunk_load(c, inputs, token_strides, start, count, 0);
     if (with_qt) transpose(Kp, C, c->KQ + C * Kp, Kp, c->QT, C, 1.0f);
 
     /* [K Kᵀ; q Kᵀ], then A = β_i (k_i·k_j) D_ij (j < i) and P = (q_i·k_j) D_ij (j ≤ i). */
@@ -316,11 +337,18 @@ static Sequence locate(const float *const all[5], const long *strides, int pair,
 
 static long chunk_count(int T, int length) { return (T + length - 1) / length; }
 
-/* What the forward keeps per (row, head) for the backward, in floats: the states entering each chunk and
-   the last ([chunks + 1][Kp][Vp]), and the chunks' U ([chunks][C][Vp]). */
+/* The forward keeps the state entering every `state_stride`-th chunk only, one per SPAN tokens (or every
+   chunk, for chunks of SPAN tokens or more): a state (K·V floats) outweighs a short chunk's inputs, and
+   writing them all to memory and reading them back cost more than the backward's recomputing the
+   others from those kept and U (`advance_state`, a small part of a chunk's work). */
+#define SPAN 64
+static int state_stride(int length) { return length < SPAN ? SPAN / length : 1; }
+
+/* What the forward keeps per (row, head) for the backward, in floats: the states entering chunks 0, R,
+   2R, … (R = state_stride; [⌈chunks / R⌉][Kp][Vp]), and every chunk's U ([chunks][C][Vp]). */
 void lmsleep_gdr_saved_sizes(int T, int K, int V, int length, long sizes[2]) {
-    const long chunks = chunk_count(T, length);
-    sizes[0] = (chunks + 1) * round_up(K) * round_up(V);
+    const long chunks = chunk_count(T, length), stride = state_stride(length);
+    sizes[0] = (chunks + stride - 1) / stride * round_up(K) * round_up(V);
     sizes[1] = chunks * round_up(length) * round_up(V);
 }
 
@@ -329,7 +357,7 @@ void lmsleep_gdr_saved_sizes(int T, int K, int V, int length, long sizes[2]) {
 static int forward_one(const float *const inputs[5], const long token_strides[5], const float *state_in,
                        float *state_out, float *out, long out_token_stride, int T, int K, int V, int length,
                        float scale, float *saved_states, float *saved_u) {
-    const int Kp = round_up(K), Vp = round_up(V), C = round_up(length);
+    const int Kp = round_up(K), Vp = round_up(V), C = round_up(length), stride = state_stride(length);
     Arena arena = {NULL, 0};
     Chunk c;
     float *S, *Tb, *KQS;
@@ -347,7 +375,8 @@ static int forward_one(const float *const inputs[5], const long token_strides[5]
     long index = 0;
     for (long start = 0; start < T; start += length, index++) {
         const int count = T - start < length ? (int)(T - start) : length;
-        if (saved_states) memcpy(saved_states + index * Kp * Vp, S, (size_t)Kp * Vp * sizeof(float));
+        if (saved_states && index % stride == 0)
+            memcpy(saved_states + index / stride * Kp * Vp, S, (size_t)Kp * Vp * sizeof(float));
         chunk_prepare(&c, inputs, token_strides, start, count, 0);
         scaled_copy(C, C, c.T, C, Tb, C, NULL, c.beta);
 
@@ -366,12 +395,9 @@ static int forward_one(const float *const inputs[5], const long token_strides[5]
         for (int i = 0; i < count; i++) memcpy(out + (start + i) * out_token_stride, O + i * Vp, V * sizeof(float));
         if (saved_u) memcpy(saved_u + index * C * Vp, U, (size_t)C * Vp * sizeof(float));
 
-        /* S' = Γ_C S + (K · Γ_C/Γ)ᵀ U. */
-        scaled_copy(K, C, c.KT, C, c.KT, C, NULL, c.to_end);
-        multiply(K, C, Vp, c.KT, C, U, Vp, S, Vp, S, c.decay[C - 1]);
+        advance_state(&c, U, S, S);  /* S' = Γ_C S + (K · Γ_C/Γ)ᵀ U */
     }
     for (int d = 0; d < K; d++) memcpy(state_out + (long)d * V, S + d * Vp, V * sizeof(float));
-    if (saved_states) memcpy(saved_states + index * Kp * Vp, S, (size_t)Kp * Vp * sizeof(float));
     free(arena.memory);
     return 0;
 }
@@ -383,13 +409,15 @@ static int backward_one(const float *const inputs[5], const long token_strides[5
                         const float *saved_u, const float *grad_out, long out_token_stride,
                         const float *grad_final, float *const grads[5], const long grad_strides[5],
                         float *grad_initial, int T, int K, int V, int length, float scale) {
-    const int Kp = round_up(K), Vp = round_up(V), C = round_up(length);
+    const int Kp = round_up(K), Vp = round_up(V), C = round_up(length), stride = state_stride(length);
+    const long chunks = chunk_count(T, length), state_size = (long)Kp * Vp;
     Arena arena = {NULL, 0};
     Chunk c;
-    float *ST, *dS, *dS_in, *dSU, *UT, *dOY, *dU, *PT, *TT, *Kend, *OYS, *pairs, *pairsK, *dK, *dPT, *dAT, *QgT, *KgbT, *dG, *dbeta_k, *gamma_beta;
+    float *states, *ST, *dS, *dS_in, *dSU, *UT, *dOY, *dU, *PT, *TT, *Kend, *OYS, *pairs, *pairsK, *dK, *dPT, *dAT, *QgT, *KgbT, *dG, *dbeta_k, *gamma_beta;
     for (int pass = 0; pass < 2; pass++) {
         if (pass == 1 && arena_open(&arena)) return 1;
         chunk_init(&c, &arena, K, V, C, scale);
+        states = take(&arena, (size_t)stride * state_size);  /* the states leaving each chunk of a group */
         ST = take(&arena, (size_t)Vp * Kp);         /* Sᵀ of the state entering the chunk */
         dS = take(&arena, (size_t)Kp * Vp);         /* dS' of the state leaving it */
         dS_in = take(&arena, (size_t)Kp * Vp);      /* dS of the state entering it */
@@ -410,14 +438,26 @@ static int backward_one(const float *const inputs[5], const long token_strides[5
     float *dO = dOY, *Y = dOY + C * Vp;
     if (grad_final)
         for (int d = 0; d < K; d++) memcpy(dS + d * Vp, grad_final + (long)d * V, V * sizeof(float));
-    for (long index = chunk_count(T, length) - 1; index >= 0; index--) {
+    for (long index = chunks - 1; index >= 0; index--) {
+        /* Chunks go in groups of `stride` whose first one's entering state was saved. Entering a group
+           from its end, the states leaving each of its chunks are recomputed from that one and U. */
+        const long first = index / stride * stride;
+        const float *saved = saved_states + first / stride * state_size;
+        if (index == chunks - 1 || index % stride == stride - 1)
+            for (long j = first; j <= index; j++) {
+                const long start = j * length;
+                chunk_load(&c, inputs, token_strides, start, T - start < length ? (int)(T - start) : length, 1);
+                advance_state(&c, saved_u + j * C * Vp, j == first ? saved : states + (j - first - 1) * state_size,
+                              states + (j - first) * state_size);
+            }
         const long start = index * length;
         const int count = T - start < length ? (int)(T - start) : length;
         chunk_prepare(&c, inputs, token_strides, start, count, 1);
-        const float *S = saved_states + index * Kp * Vp, *S_next = S + Kp * Vp, *U = saved_u + index * C * Vp;
-        if (index > 0)  /* the next chunk's saved state and U, read from memory while this one computes */
-            for (long e = 0; e < (long)Kp * Vp + (long)C * Vp; e += 64 / sizeof(float))
-                __builtin_prefetch(e < (long)Kp * Vp ? S - Kp * Vp + e : U - C * Vp + (e - (long)Kp * Vp));
+        const float *S = index == first ? saved : states + (index - first - 1) * state_size;
+        const float *S_next = states + (index - first) * state_size, *U = saved_u + index * C * Vp;
+        if (index > 0)  /* the next chunk's U (and the previous group's saved state), read while this one computes */
+            for (long e = 0; e < (long)C * Vp + (index == first ? state_size : 0); e += 64 / sizeof(float))
+                __builtin_prefetch(e < (long)C * Vp ? U - C * Vp + e : saved - state_size + (e - (long)C * Vp));
         transpose(Vp, Kp, S, Vp, ST, Kp, 1.0f);
         transpose(Vp, C, U, Vp, UT, C, 1.0f);
         for (int i = 0; i < C; i++) {
