@@ -67,10 +67,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--ft-steps", type=int, default=20, help="LoRA steps per copy, every system (default 20)")
     add("--lr", type=float, default=1e-2, help="LoRA learning rate, every system (default 1e-2)")
     add("--rank", type=int, default=4, help="LoRA rank (default 4)")
-    add("--rest-problems", type=int, default=12, help="training-task problems per ReST-EM round (default 12)")
+    add("--rest-problems", type=int, default=8, help="training-task problems per ReST-EM round (default 8)")
     add("--rest-rounds", type=int, default=1, help="ReST-EM rounds of the dream generator (default 1)")
     add("--generator-steps", type=int, default=20, help="LoRA steps of each generator fine-tune (default 20)")
-    add("--seeding-steps", type=int, default=20, help="knowledge-seeding steps of sleep (default 20)")
+    add("--seeding-steps", type=int, default=12, help="knowledge-seeding steps of sleep (default 12)")
     add("--large", action="store_true",
         help="the larger setting: " + ", ".join(f"{k.replace('_', '-')} {v}" for k, v in LARGE.items()))
 
@@ -191,9 +191,10 @@ def copies_solve(model, adapters: LoRAAdapters | None, tests: list[tuple[torch.T
 
 # ----- systems -----
 
-def dream_copies(model, problems: list[dict], s: dict, seed: int, generator):
+def dream_copies(model, problems: list[dict], s: dict, seed: int, generator, baseline: bool = False):
     """For each problem: sample m dreams after its demonstrations, keep top k + 1 random by importance, and
-    fine-tune one copy per kept dream on leave-one-out + the dream (all problems' copies in one batched run).
+    fine-tune one copy per kept dream on leave-one-out + the dream (all problems' copies in one batched run;
+    baseline: one more copy per problem, last, on leave-one-out alone, what a dream must beat).
     Returns (tuned adapters, [(context, dreams, kept)] per problem)."""
     cfg = DreamingConfig(dreams=s["candidates"], dream_length=2 * s["length"] + 1, rank=s["rank"],
                          alpha=2.0 * s["rank"], seed=seed)
@@ -206,6 +207,8 @@ def dream_copies(model, problems: list[dict], s: dict, seed: int, generator):
         scores = importance(model, candidates, loo, rank=s["rank"], alpha=2.0 * s["rank"], seed=seed + p)
         kept = select(scores, s["copies"] - 1, 1, torch.Generator().manual_seed(seed + p)).tolist()
         datasets += [tuple(torch.cat([a, b]) for a, b in zip(loo, candidates[k])) for k in kept]
+        if baseline:
+            datasets.append(loo)
         made.append((context, dreams, kept))
     tuned = finetune(model, datasets, rank=s["rank"], alpha=2.0 * s["rank"], steps=s["ft_steps"], lr=s["lr"], seed=seed)
     return tuned.adapters, made
@@ -234,20 +237,27 @@ def dream_scores(model, problems, s, seed, generator) -> dict:
 
 
 def rest_em(model, s: dict, seed: int, tick) -> tuple[LoRAAdapters | None, list[dict]]:
-    """The dream generator: ReST-EM rounds on TRAINING-task problems, reward = the copy solves the test.
-    Each round fine-tunes a fresh generator from the base on the rewarded (demonstrations, dream) pairs."""
-    generator, rounds = None, []
+    """The dream generator: ReST-EM rounds on TRAINING-task problems. A dream's reward is 1 when its copy
+    solves the test and its loss on the test answer is below that of the problem's leave-one-out-only copy
+    (the dream helped, not just the demonstrations). Each round fine-tunes a fresh generator from the base
+    on the rewarded (demonstrations, dream) pairs."""
+    generator, rounds, per = None, [], s["copies"] + 1
     for r in range(s["rest_rounds"]):
         problems = [e.raw for e in puzzles.generate(world(s, 1), s["rest_problems"], 50_000 + 97 * seed + r)]
-        adapters, made = dream_copies(model, problems, s, 7 * seed + r + 1, generator)
-        solved = copies_solve(model, adapters, [test_query(raw) for raw in problems for _ in range(s["copies"])])
-        pairs = []
+        adapters, made = dream_copies(model, problems, s, 7 * seed + r + 1, generator, baseline=True)
+        tests = [test_query(raw) for raw in problems for _ in range(per)]
+        solved = copies_solve(model, adapters, tests)
+        losses = adapters.losses(model, tests).tolist()
+        pairs, rewarded = [], 0
         for i, (context, dreams, kept) in enumerate(made):
-            measures = [float(v) for v in solved[i * s["copies"] : (i + 1) * s["copies"]]]
-            data = rest_em_data(context, dreams[kept], rewards_for(measures, 0.0, "every"))
+            copies = range(i * per, (i + 1) * per - 1)
+            beats = rewards_for([-losses[c] for c in copies], -losses[(i + 1) * per - 1], "every")
+            rewards = [int(solved[c] and b) for c, b in zip(copies, beats)]
+            rewarded += sum(rewards)
+            data = rest_em_data(context, dreams[kept], rewards)
             if data is not None:
                 pairs.append(data)
-        rounds.append({"solved": sum(solved) / len(solved), "rewarded_pairs": sum(p[0].shape[0] for p in pairs)})
+        rounds.append({"solved": sum(solved) / len(solved), "rewarded": rewarded / (len(problems) * s["copies"])})
         if pairs:
             data = tuple(torch.cat(parts) for parts in zip(*pairs))
             generator = finetune(model, [data], rank=s["rank"], alpha=2.0 * s["rank"], steps=s["generator_steps"],
