@@ -141,3 +141,9 @@ def test_estimate_counts_base_training_until_it_is_cached(tmp_path):
     uncached = pb.estimate(args)
     pb.pretrained(pb.sizes(args), args.cache_dir)
     assert pb.estimate(args) < uncached
+
+
+def test_a_dream_is_rewarded_only_when_its_copy_solves_and_beats_the_demonstrations_alone():
+    # copies: three dreams, then the leave-one-out-only copy (test loss 1.0)
+    assert pb.dream_rewards([True, True, False, True], [0.5, 1.5, 0.2, 1.0]) == [1, 0, 0]
+    assert pb.dream_rewards([True, True, True, False], [0.9, 0.8, 1.0, 1.0]) == [1, 1, 0]

@@ -237,6 +237,13 @@ def dream_scores(model, problems, s, seed, generator) -> dict:
     return {"per_problem": per_problem, "dream_valid": valid / total, "dream_correct": correct / total}
 
 
+def dream_rewards(solved: list[bool], losses: list[float]) -> list[int]:
+    """One training problem's rewards: its dream copies then, last, its leave-one-out-only copy; a dream
+    earns 1 when its copy solves the test and has a lower test loss than the leave-one-out-only copy."""
+    beats = rewards_for([-loss for loss in losses[:-1]], -losses[-1], "every")
+    return [int(bool(ok) and b) for ok, b in zip(solved[:-1], beats)]
+
+
 def rest_em(model, s: dict, seed: int, tick) -> tuple[LoRAAdapters | None, list[dict]]:
     """The dream generator: ReST-EM rounds on TRAINING-task problems. A dream's reward is 1 when its copy
     solves the test and its loss on the test answer is below that of the problem's leave-one-out-only copy
@@ -251,9 +258,7 @@ def rest_em(model, s: dict, seed: int, tick) -> tuple[LoRAAdapters | None, list[
         losses = adapters.losses(model, tests).tolist()
         pairs, rewarded = [], 0
         for i, (context, dreams, kept) in enumerate(made):
-            copies = range(i * per, (i + 1) * per - 1)
-            beats = rewards_for([-losses[c] for c in copies], -losses[(i + 1) * per - 1], "every")
-            rewards = [int(solved[c] and b) for c, b in zip(copies, beats)]
+            rewards = dream_rewards(solved[i * per : (i + 1) * per], losses[i * per : (i + 1) * per])
             rewarded += sum(rewards)
             data = rest_em_data(context, dreams[kept], rewards)
             if data is not None:
