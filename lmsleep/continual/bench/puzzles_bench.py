@@ -116,8 +116,7 @@ def solved_in_context(model, options: puzzles.Options, n: int, seed: int) -> flo
     data = batch(puzzles.generate(options, n, seed))
     with torch.no_grad():
         predicted = torch.cat([model(data["tokens"][i : i + 128]).argmax(-1) for i in range(0, n, 128)])
-    mask = data["loss_mask"].bool()
-    return ((predicted == data["targets"]) | ~mask).all(1).float().mean().item()
+    return sum(exact(predicted, data["targets"], data["loss_mask"])) / n
 
 
 def measure_base(model, s: dict) -> dict:
@@ -187,6 +186,11 @@ def copies_solve(model, adapters: LoRAAdapters | None, tests: list[tuple[torch.T
             with attached(model, adapters) as router:
                 router.route(list(range(len(tests))), [1] * len(tests))
                 predicted = model(tokens).argmax(-1)
+    return exact(predicted, targets, mask)
+
+
+def exact(predicted: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> list[bool]:
+    """Per row: every scored position predicted right (the whole test output exactly)."""
     return ((predicted == targets) | ~mask.bool()).all(1).tolist()
 
 
