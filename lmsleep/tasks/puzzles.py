@@ -18,7 +18,7 @@ import random
 from dataclasses import dataclass
 
 from .. import validate
-from .example import Answer, Example, make_example
+from .example import Answer, Example, Trained, make_example
 from .vocab import CHARACTERS, SEP
 
 VOCABULARY = CHARACTERS
@@ -76,13 +76,16 @@ def apply(rule: str, params: dict, row: list[int]) -> list[int]:
 @dataclass(frozen=True)
 class Options:
     """demos: demonstrations per task; length: cells per row; colors: colors in use (0 is background);
-    density: percent of non-background cells; split: 1 training tasks, 2 held-out tasks, 0 any."""
+    density: percent of non-background cells; split: 1 training tasks, 2 held-out tasks, 0 any;
+    demo_loss: 1 trains on the demonstrations too (after the first cell; not scored), so that a model
+    learns to write demonstrations of a rule (the dreams of continual.bench.puzzles_bench), 0 only the test."""
 
     demos: int = 3
     length: int = 8
     colors: int = 4
     density: int = 40
     split: int = 1
+    demo_loss: int = 0
 
     def __post_init__(self) -> None:
         validate.integer("puzzles.Options.demos", self.demos, 1, 16)
@@ -90,6 +93,7 @@ class Options:
         validate.integer("puzzles.Options.colors", self.colors, 3, MAX_COLORS)
         validate.integer("puzzles.Options.density", self.density, 1, 100)
         validate.one_of("puzzles.Options.split", self.split, SPLITS)
+        validate.one_of("puzzles.Options.demo_loss", self.demo_loss, (0, 1))
 
     @property
     def window(self) -> int:
@@ -138,8 +142,9 @@ def generate(options: Options, n: int, seed: int) -> list[Example]:
             row = _informative_row(rng, options, rule, params)
             pairs.append([_text(row), _text(apply(rule, params, row))])
         raw = {"rule": rule, "params": params, "demos": pairs[:-1], "test": pairs[-1]}
-        pieces = ["".join(f"{a}>{b};" for a, b in raw["demos"]), SEP, f"{raw['test'][0]}>",
-                  Answer(raw["test"][1], families.index(rule))]
+        demos = "".join(f"{a}>{b};" for a, b in raw["demos"])
+        shown = [demos[0], Trained(demos[1:])] if options.demo_loss else [demos]
+        pieces = [*shown, SEP, f"{raw['test'][0]}>", Answer(raw["test"][1], families.index(rule))]
         examples.append(make_example(pieces, raw, VOCABULARY))
     return examples
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 
 NAMES = ("knowledge", "sequential", "puzzles", "efficiency", "levels")
-MODULES = {"knowledge": "knowledge", "efficiency": "efficiency"}  # benchmark name -> module of this package
+MODULES = {"knowledge": "knowledge", "puzzles": "puzzles_bench", "efficiency": "efficiency"}  # name -> module
 
 
 def load(name: str):
