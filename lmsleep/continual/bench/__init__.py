@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 
-NAMES = ("knowledge", "sequential", "puzzles", "efficiency", "levels")
 MODULES = {"knowledge": "knowledge", "puzzles": "puzzles_bench", "efficiency": "efficiency"}  # name -> module
 
 
