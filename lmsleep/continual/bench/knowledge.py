@@ -37,7 +37,7 @@ from ... import validate
 from ...tasks import batch, facts
 from ..base import pretrained_base
 from ..demo import BASE_STEPS, MODEL as DEMO_MODEL, SEEDING as DEMO_SEEDING, WORLD
-from . import knowledge_systems as ks
+from . import knowledge_systems as ks, runner
 
 NAME = "knowledge"
 HELP = ("knowledge incorporation (paper 2, Table 3): read a passage once, clear the context, answer closed-book; "
@@ -284,6 +284,12 @@ def _mean(values: list[dict]) -> dict:
         finite = [v[key] for v in values if not math.isnan(v[key])]
         out[key] = sum(finite) / len(finite) if finite else math.nan
     return out
+
+
+def plot(summary: dict, path, per_seed: list[dict]) -> None:
+    """Accuracy and forgetting side by side: systems are compared at matched forgetting."""
+    runner.bar_plot(summary, ["accuracy", "forgetting"], path,
+                    "knowledge: closed-book accuracy, and reading accuracy lost on other passages (mean ± std over seeds)")
 
 
 def notes(summary: dict, per_seed: list[dict]) -> str:

@@ -12,7 +12,7 @@ A benchmark is a module exporting
     plot(summary, path)             optional: its own figure (default: a bar per system of PRIMARY)
     notes(summary) -> str           optional: markdown placed under the table (what was measured, verdicts)
 
-Files in OUT: seed-<s>.json per seed (written atomically when the seed ends; a rerun skips seeds already
+Files in OUT: seed-<s>.json per seed (with the seconds it took) (written atomically when the seed ends; a rerun skips seeds already
 done with the same arguments), results.json (arguments, per-seed results, summary), <NAME>.png, report.md.
 """
 from __future__ import annotations
@@ -87,24 +87,27 @@ def table(summary: dict, metrics: list[str], percent: set[str] = frozenset()) ->
     return "\n".join(lines)
 
 
-def bar_plot(summary: dict, metric: str, path: Path, title: str, ylabel: str | None = None) -> None:
-    """One bar per system: the mean of `metric` with its std over seeds as an error bar, seeds as dots."""
+def bar_plot(summary: dict, metrics: str | list[str], path: Path, title: str) -> None:
+    """One panel per metric, one bar per system: the mean with its std over seeds as an error bar, seeds as dots."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    systems = [s for s in summary if metric in summary[s]]
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.75 * len(systems) + 2), 3.6))
-    means = [summary[s][metric]["mean"] for s in systems]
-    stds = [summary[s][metric]["std"] for s in systems]
-    ax.bar(range(len(systems)), means, yerr=stds, capsize=3, color="#9ecae1", edgecolor="#3182bd")
-    for i, s in enumerate(systems):
-        values = summary[s][metric]["values"]
-        ax.scatter([i] * len(values), values, s=10, color="#08519c", zorder=3)
-    ax.set_xticks(range(len(systems)), systems, rotation=30, ha="right")
-    ax.set_ylabel(ylabel or metric)
-    ax.set_title(title)
+    metrics = [metrics] if isinstance(metrics, str) else list(metrics)
+    systems = [s for s in summary if any(m in summary[s] for m in metrics)]
+    fig, axes = plt.subplots(len(metrics), 1, figsize=(max(5.0, 0.75 * len(systems) + 2), 2.6 * len(metrics) + 1),
+                             sharex=True, squeeze=False)
+    for ax, metric in zip(axes[:, 0], metrics):
+        shown = [i for i, s in enumerate(systems) if metric in summary[s]]
+        ax.bar(shown, [summary[systems[i]][metric]["mean"] for i in shown],
+               yerr=[summary[systems[i]][metric]["std"] for i in shown], capsize=3, color="#9ecae1", edgecolor="#3182bd")
+        for i in shown:
+            values = summary[systems[i]][metric]["values"]
+            ax.scatter([i] * len(values), values, s=10, color="#08519c", zorder=3)
+        ax.set_ylabel(metric)
+    axes[-1, 0].set_xticks(range(len(systems)), systems, rotation=30, ha="right")
+    axes[0, 0].set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -123,7 +126,7 @@ def run(bench, args: argparse.Namespace, argv: list[str] | None = None) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     ident = identity(args)
-    done, todo = {}, []
+    done, todo, seconds = {}, [], {}
     for seed in args.seeds:
         path = out / f"seed-{seed}.json"
         if path.is_file():
@@ -132,7 +135,7 @@ def run(bench, args: argparse.Namespace, argv: list[str] | None = None) -> dict:
             except json.JSONDecodeError:
                 saved = None  # torn by a crash: run it again
             if saved is not None and saved.get("arguments") == ident:
-                done[seed] = saved["result"]
+                done[seed], seconds[seed] = saved["result"], saved.get("seconds", float("nan"))
                 continue
         todo.append(seed)
     each = bench.estimate(args)
@@ -142,15 +145,18 @@ def run(bench, args: argparse.Namespace, argv: list[str] | None = None) -> dict:
     started = time.perf_counter()
     with tqdm(total=bench.units(args) * len(todo), desc=f"bench {bench.NAME}", unit="step", dynamic_ncols=True) as bar:
         for seed in todo:
+            began = time.perf_counter()
             result = bench.run_seed(args, seed, lambda n=1: bar.update(n))
-            write_text(out / f"seed-{seed}.json",
-                       json.dumps({"arguments": ident, "seed": seed, "result": result}, indent=1) + "\n")
+            seconds[seed] = round(time.perf_counter() - began, 1)
+            write_text(out / f"seed-{seed}.json", json.dumps(
+                {"arguments": ident, "seed": seed, "seconds": seconds[seed], "result": result}, indent=1) + "\n")
             done[seed] = result
     per_seed = [done[s] for s in args.seeds]
     summary = aggregate(per_seed)
     command = "lmsleep continual bench " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[3:]))
     results = {"benchmark": bench.NAME, "command": command, "arguments": ident, "seeds": list(args.seeds),
-               "per_seed": per_seed, "summary": summary, "wall_s": round(time.perf_counter() - started, 1)}
+               "per_seed": per_seed, "summary": summary, "seconds_per_seed": [seconds[s] for s in args.seeds],
+               "wall_s": round(time.perf_counter() - started, 1)}
     write_text(out / "results.json", json.dumps(results, indent=1) + "\n")
     plot_path = out / f"{bench.NAME}.png"
     if hasattr(bench, "plot"):
