@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 
 NAMES = ("knowledge", "sequential", "puzzles", "efficiency", "levels")
-MODULES: dict[str, str] = {}  # benchmark name -> module of this package
+MODULES: dict[str, str] = {"sequential": "sequential", "levels": "levels_bench"}  # benchmark name -> module
 
 
 def load(name: str):
