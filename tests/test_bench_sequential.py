@@ -21,6 +21,12 @@ def parse(module, extra=(), cache=None):
     return parser.parse_args([*TINY, *(["--cache-dir", str(cache)] if cache else []), *extra])
 
 
+@pytest.fixture(autouse=True)
+def short_sleeps(monkeypatch):
+    """Consolidation samples token by token: tiny replay keeps these tests at seconds."""
+    monkeypatch.setattr(sequential, "SEEDING", {**sequential.SEEDING, "batch_size": 2, "sample_length": 4, "group_size": 2})
+
+
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
     return tmp_path_factory.mktemp("bases")
@@ -104,7 +110,7 @@ def test_replay_mixes_earlier_languages_and_ewc_anchors_on_them(base, monkeypatc
     ewc.learn(1, second)
     penalty = calls[1][1]["penalty"]
     assert isinstance(penalty, sequential.EWC) and penalty.lam == sequential.EWC_LAMBDA
-    assert float(penalty(ewc.model)) == 0.0  # anchored at the weights after language 0 (sft was stubbed)
+    assert penalty(ewc.model).item() == 0.0  # anchored at the weights after language 0 (sft was stubbed)
 
 
 def test_sleep_consolidates_each_book_into_level_one_and_sends_it_up(base):
@@ -128,15 +134,15 @@ def test_periods():
 
 
 def test_run_seed_structure(cache):
-    args = parse(sequential, ["--systems", "finetune,in-context,sleep-2"], cache)
+    args = parse(sequential, ["--systems", "finetune,in-context,sleep-1"], cache)
     ticks = []
     result = sequential.run_seed(args, 0, lambda n=1: ticks.append(n))
-    assert set(result["systems"]) == {"finetune", "in-context", "sleep-2"}
+    assert set(result["systems"]) == {"finetune", "in-context", "sleep-1"}
     for name, m in result["systems"].items():
         assert {"ACC", "BWT", "FWT", "forgetting", "last", "lr"} <= set(m)
         assert len(result["R"][name]) == 2 and all(len(row) == 2 for row in result["R"][name])
         assert all(0 <= v <= 1 for row in result["R"][name] for v in row)
-    assert result["systems"]["sleep-2"]["update_steps"] == result["systems"]["finetune"]["update_steps"] == 4
+    assert result["systems"]["sleep-1"]["update_steps"] == result["systems"]["finetune"]["update_steps"] == 4
     assert sum(ticks) == sequential.units(args)
     assert {"in_context", "closed_book"} <= set(result["base"]) and len(result["b"]) == 2
 

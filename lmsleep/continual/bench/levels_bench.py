@@ -54,12 +54,9 @@ def configurations(args) -> list[tuple[str, int, list[int]]]:
 
 
 def estimate(args) -> float:
-    per_step = sequential.SECONDS["sleep"]
-    total = 0.0
-    for _, levels, periods in configurations(args):
-        consolidations = sum(args.languages * args.wake // p for p in periods[:-1]) + args.languages
-        total += consolidations * (args.steps + 6) * per_step + args.languages * 0.3
-    return total
+    """Seconds per seed on 2 cores, one thread (the base is sequential's: cached after either has run)."""
+    return sum(sequential.sequence_seconds(f"sleep-{levels}", args, args.languages, periods)
+               for _, levels, periods in configurations(args))
 
 
 def units(args) -> int:
@@ -70,7 +67,7 @@ def run_seed(args, seed: int, tick) -> dict:
     model, report = sequential.base(args)
     b = [sequential.accuracy(model, sequential.examples(j, args.test, 10**6 + seed * 1000 + j, 0))
          for j in range(args.languages)]
-    out = {"systems": {}, "R": {}, "periods": {}, "base": {"in_context": report["in_context"],
+    out = {"systems": {}, "R": {}, "periods": {}, "lr": args.lr, "base": {"in_context": report["in_context"],
                                                           "closed_book": report["closed_book"]}, "b": b}
     for name, levels, periods in configurations(args):
         system = sequential.Sleep(model, levels, periods, args.lr, args, seed)
@@ -79,6 +76,10 @@ def run_seed(args, seed: int, tick) -> dict:
                                 "sleep_steps": system.sleep_steps}
         out["R"][name], out["periods"][name] = result["R"], periods
     return out
+
+
+def plot(summary: dict, path, per_seed: list[dict]) -> None:
+    sequential.plot(summary, path, per_seed, NAME)
 
 
 def notes(summary: dict, per_seed: list[dict]) -> str:
@@ -94,4 +95,5 @@ def notes(summary: dict, per_seed: list[dict]) -> str:
         monotone = all(best[a] <= best[b] for a, b in zip(list(best), list(best)[1:]))
         lines.append("Claim 'more levels help': " + ("holds" if monotone else "does not hold (not monotone)") +
                      " here; best ACC per level count: " + ", ".join(f"{k}: {v:.1%}" for k, v in best.items()) + ".")
+    lines.append(f"Seeding learning rate {per_seed[0].get('lr', '—')} for every configuration. " + sequential.settings_note())
     return "\n\n".join(lines)

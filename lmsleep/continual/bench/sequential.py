@@ -318,22 +318,34 @@ def check(args) -> list[str]:
     return systems
 
 
-SECONDS = {"finetune": 0.05, "replay": 0.06, "ewc": 0.08, "in-context": 0.0, "sleep": 0.25}  # per step, 1 thread
+# Measured seconds (one thread, this machine): an Adam step of fine-tuning, a seeding step, the fixed cost of
+# one consolidation (its held-out replay and the divergence / reward before and after), one R row.
+SECONDS = {"sft_step": 0.03, "seeding_step": 0.5, "consolidation": 2.0, "row": 0.3, "fisher_row": 0.03}
+
+
+def consolidations(periods: list[int], languages_: int, wake: int) -> int:
+    """Seedings in one sequence: one per book, one per due level that has a slower level to send to."""
+    return languages_ + sum(languages_ * wake // p for p in periods[:-1] if p)
+
+
+def sequence_seconds(name: str, args, languages_: int, periods: list[int] | None = None) -> float:
+    if name.startswith("sleep-"):
+        periods = periods or periods_for(int(name.split("-")[1]), args.wake)
+        n = consolidations(periods, languages_, args.wake)
+        return n * (args.steps * SECONDS["seeding_step"] + SECONDS["consolidation"]) + languages_ * SECONDS["row"]
+    steps = 0 if name == "in-context" else languages_ * args.steps * SECONDS["sft_step"]
+    fisher = languages_ * args.fisher_rows * SECONDS["fisher_row"] if name == "ewc" else 0
+    return steps + fisher + languages_ * SECONDS["row"]
 
 
 def estimate(args) -> float:
-    """Seconds per seed (measured per-step costs; base training, ~{BASE_STEPS // 6} s, only when not cached)."""
-    total = 0.0
-    runs = (args.grid * len(VALIDATION) + args.languages)
-    for s in check(args):
-        key = "sleep" if s.startswith("sleep-") else s
-        upward = (int(s.split("-")[1]) - 1) if key == "sleep" else 0
-        total += runs * (1 + upward * 0.7) * args.steps * SECONDS[key] + runs * 0.3
-    return total
+    """Seconds per seed on 2 cores, one thread (base training, about 9 minutes, only when it is not cached)."""
+    return sum(len(grid(s, args.grid)) * sequence_seconds(s, args, len(VALIDATION))
+               + sequence_seconds(s, args, args.languages) for s in check(args))
 
 
 def units(args) -> int:
-    return sum((args.grid if s != "in-context" else 1) * len(VALIDATION) + args.languages for s in check(args))
+    return sum(len(grid(s, args.grid)) * len(VALIDATION) + args.languages for s in check(args))
 
 
 def run_seed(args, seed: int, tick) -> dict:
@@ -347,6 +359,41 @@ def run_seed(args, seed: int, tick) -> dict:
         out["systems"][name] = result["metrics"]
         out["R"][name], out["tuning"][name] = result["R"], result["tuning"]
     return out
+
+
+def plot(summary: dict, path, per_seed: list[dict], title: str = NAME) -> None:
+    """ACC and forgetting per system, mean ± std over seeds (dots: seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    systems = list(summary)
+    fig, axes = plt.subplots(1, 2, figsize=(max(7.0, 1.3 * len(systems) + 3), 3.8))
+    for ax, metric in zip(axes, ("ACC", "forgetting")):
+        means = [100 * summary[s][metric]["mean"] for s in systems]
+        stds = [100 * summary[s][metric]["std"] for s in systems]
+        ax.bar(range(len(systems)), means, yerr=stds, capsize=3, color="#9ecae1", edgecolor="#3182bd")
+        for i, s in enumerate(systems):
+            values = [100 * v for v in summary[s][metric]["values"]]
+            ax.scatter([i] * len(values), values, s=10, color="#08519c", zorder=3)
+        ax.set_xticks(range(len(systems)), systems, rotation=30, ha="right")
+        ax.set_ylabel(f"{metric} (%)")
+        ax.set_title(f"{title}: {metric}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def settings_note() -> str:
+    return (f"Budget: every system takes the same number of update steps on each new language (`--steps`: Adam "
+            f"steps of fine-tuning, or the seeding steps that consolidate the book); Sleep's upward "
+            f"consolidations are extra (column sleep_steps), and its wake steps only sum gradients into the levels "
+            f"(SGD lr {WAKE_LR} at each level's period). Sleep: seeding {SEEDING} (α = 1: distillation only, "
+            f"no imitation RL, for compute), replay prompted by SEP, the student reads padding where the book was; "
+            f"level ℓ's period = wake × 2^(ℓ−1) (level 1 sends the previous book's expert up once per language). "
+            f"EWC λ = {EWC_LAMBDA}. Tuning: each system's learning rate from the first `--grid` points of its grid "
+            f"{GRIDS} by ACC on the validation sequence {VALIDATION} (never the test languages).")
 
 
 def notes(summary: dict, per_seed: list[dict]) -> str:
@@ -363,5 +410,8 @@ def notes(summary: dict, per_seed: list[dict]) -> str:
     if len(sleeps) > 1:
         accs = ", ".join(f"{s} {summary[s]['ACC']['mean']:.1%}" for s in sleeps)
         lines.append(f"More levels: ACC {accs}.")
+    chosen = {s: sorted({r["systems"][s]["lr"] for r in per_seed if s in r["systems"]}) for s in summary}
+    lines.append("Learning rates chosen per system (over seeds): " + "; ".join(f"{s} {v}" for s, v in chosen.items()) + ".")
+    lines.append(settings_note())
     lines.append("R matrices per seed and system, chosen learning rates and tuning scores: seed-*.json.")
     return "\n\n".join(lines)
