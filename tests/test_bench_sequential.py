@@ -24,7 +24,7 @@ def parse(module, extra=(), cache=None):
 @pytest.fixture(autouse=True)
 def short_sleeps(monkeypatch):
     """Consolidation samples token by token: tiny replay keeps these tests at seconds."""
-    monkeypatch.setattr(sequential, "SEEDING", {**sequential.SEEDING, "batch_size": 2, "sample_length": 4, "group_size": 2})
+    monkeypatch.setattr(sequential, "SEEDING", {**sequential.SEEDING, "batch_size": 2, "sample_length": 4})
 
 
 @pytest.fixture(scope="module")
