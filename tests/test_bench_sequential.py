@@ -178,3 +178,17 @@ def test_levels_bench_configurations_and_run(cache):
     with pytest.raises(ValueError, match="--levels"):
         levels_bench.configurations(parse(levels_bench, ["--levels", "5"]))
     assert load("levels") is levels_bench and load("sequential") is sequential
+
+
+def test_notes_read_forgetting_beside_what_was_learnt():
+    learnt, nothing = [[0.8, 0.0], [0.0, 0.8]], [[0.05, 0.0], [0.0, 0.05]]
+    per_seed = [{"base": {"in_context": 0.99, "closed_book": 0.02}, "R": {"finetune": learnt, "sleep-1": nothing},
+                 "systems": {"finetune": {"lr": 0.01}, "sleep-1": {"lr": 0.1}}}]
+    stat = lambda v: {"mean": v, "std": 0.0, "n": 1, "values": [v]}
+    summary = {"finetune": {"forgetting": stat(0.8), "ACC": stat(0.4)}, "sleep-1": {"forgetting": stat(0.05), "ACC": stat(0.025)}}
+    assert sequential.peak(learnt) == 0.8
+    text = sequential.notes(summary, per_seed)
+    assert "holds only vacuously" in text and "99.0%" in text
+    summary["sleep-1"]["ACC"] = stat(0.5)
+    per_seed[0]["R"]["sleep-1"] = [[0.8, 0.0], [0.75, 0.25]]
+    assert "Sleep at least halves the forgetting of plain fine-tuning': holds here" in sequential.notes(summary, per_seed)

@@ -96,5 +96,9 @@ def notes(summary: dict, per_seed: list[dict]) -> str:
         monotone = all(best[a] <= best[b] for a, b in zip(list(best), list(best)[1:]))
         lines.append("Claim 'more levels help': " + ("holds" if monotone else "does not hold (not monotone)") +
                      " here; best ACC per level count: " + ", ".join(f"{k}: {v:.1%}" for k, v in best.items()) + ".")
+    learnt = sequential.peaks(per_seed)
+    lines.append("Best accuracy reached on the earlier languages before the end (what there was to forget): "
+                 + ", ".join(f"{k} {v:.1%}" for k, v in sorted(learnt.items())) + ".")
+    lines.append(sequential.DIAGNOSIS)
     lines.append(f"Seeding learning rate {per_seed[0].get('lr', '—')} for every configuration. " + sequential.settings_note())
     return "\n\n".join(lines)
