@@ -192,3 +192,15 @@ def test_notes_read_forgetting_beside_what_was_learnt():
     summary["sleep-1"]["ACC"] = stat(0.5)
     per_seed[0]["R"]["sleep-1"] = [[0.8, 0.0], [0.75, 0.25]]
     assert "Sleep at least halves the forgetting of plain fine-tuning': holds here" in sequential.notes(summary, per_seed)
+
+
+def test_levels_verdict_needs_more_than_noise():
+    stat = lambda m, sd: {"ACC": {"mean": m, "std": sd, "n": 3, "values": [m] * 3}}
+    per_seed = [{"base": {"in_context": 0.99, "closed_book": 0.02}, "periods": {"L1 slowest×1": [4]},
+                 "R": {"L1 slowest×1": [[0.1, 0.0], [0.0, 0.1]]}, "lr": 0.1}]
+    noisy = {"L1 slowest×1": stat(0.0, 0.0), "L2 slowest×1": stat(0.03, 0.02)}
+    assert "not resolved" in levels_bench.notes(noisy, per_seed)
+    clear = {"L1 slowest×1": stat(0.1, 0.01), "L2 slowest×1": stat(0.3, 0.02)}
+    assert "'more levels help': holds" in levels_bench.notes(clear, per_seed)
+    worse = {"L1 slowest×1": stat(0.3, 0.01), "L2 slowest×1": stat(0.1, 0.02)}
+    assert "does not hold" in levels_bench.notes(worse, per_seed)

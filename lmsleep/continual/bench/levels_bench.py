@@ -88,14 +88,19 @@ def notes(summary: dict, per_seed: list[dict]) -> str:
     lines = [f"Base: in-context accuracy on unseen languages {base['in_context']:.1%}, closed-book "
              f"{base['closed_book']:.1%}. Periods per configuration (wake steps): "
              + "; ".join(f"{k}: {v}" for k, v in per_seed[0]["periods"].items()) + "."]
-    by_levels: dict[int, list[float]] = {}
+    by_levels: dict[int, list[tuple[float, float]]] = {}
     for name, stats in summary.items():
-        by_levels.setdefault(int(name[1:].split()[0]), []).append(stats["ACC"]["mean"])
+        by_levels.setdefault(int(name[1:].split()[0]), []).append((stats["ACC"]["mean"], stats["ACC"]["std"]))
     if len(by_levels) > 1:
-        best = {k: max(v) for k, v in sorted(by_levels.items())}
-        monotone = all(best[a] <= best[b] for a, b in zip(list(best), list(best)[1:]))
-        lines.append("Claim 'more levels help': " + ("holds" if monotone else "does not hold (not monotone)") +
-                     " here; best ACC per level count: " + ", ".join(f"{k}: {v:.1%}" for k, v in best.items()) + ".")
+        best = {k: max(v) for k, v in sorted(by_levels.items())}  # (mean, std) of the best period per count
+        means = [m for m, _ in best.values()]
+        monotone = all(a <= b for a, b in zip(means, means[1:]))
+        resolved = means[-1] - means[0] > 2 * max(sd for _, sd in best.values())
+        verdict = ("holds" if monotone and resolved else
+                   "not resolved: the differences are within twice the seeds' std" if monotone else
+                   "does not hold (not monotone)")
+        lines.append(f"Claim 'more levels help': {verdict} here; best ACC per level count: "
+                     + ", ".join(f"{k}: {m:.1%} ± {sd:.1%}" for k, (m, sd) in best.items()) + ".")
     learnt = sequential.peaks(per_seed)
     lines.append("Best accuracy reached on the earlier languages before the end (what there was to forget): "
                  + ", ".join(f"{k} {v:.1%}" for k, v in sorted(learnt.items())) + ".")
