@@ -11,7 +11,11 @@ Layout (context = 1):
     book : cat = ka lu ; dog = me bo ; … ; order = s o v ; adjective = after ;  |  the big cat sees the dog > TRANSLATION .
 
 loss on the translation (its words and the closing "."); context = 0 puts padding where the book was (the
-language must be known already). Bucket: the language's order index. Raw: {"language", "lexicon",
+language must be known already). Smaller worlds keep the first `nouns`, `verbs` and `adjectives` concepts
+(shorter books read sooner). named = 1 gives each language a two-syllable name, written after "book" and
+before the sentence ("| wo pe : the big cat …"), so that closed-book the name says which language is asked;
+english_loss = 1 also trains (without scoring) the text after SEP, so a model learns to write whole
+examples (replay and dreams). Bucket: the language's order index. Raw: {"language", "lexicon",
 "order", "adjective_after", "sentence": [adj, subject, verb, object]}; `solve(raw)` translates from them.
 """
 from __future__ import annotations
@@ -20,7 +24,7 @@ import random
 from dataclasses import dataclass
 
 from .. import validate
-from .example import Answer, Example, make_example
+from .example import Answer, Example, Trained, make_example
 from .vocab import WordVocabulary
 
 PAD, SEP, STOP, GIVES = "_", "|", ".", ">"
@@ -49,17 +53,32 @@ class Options:
     language: int = 0
     languages: int = 1
     context: int = 1
+    nouns: int = len(NOUNS)
+    verbs: int = len(VERBS)
+    adjectives: int = len(ADJECTIVES)
+    named: int = 0
+    english_loss: int = 0
 
     def __post_init__(self) -> None:
         validate.integer("languages.Options.language", self.language, 0)
         validate.integer("languages.Options.languages", self.languages, 1, 1000)
         validate.integer("languages.Options.context", self.context, 0, 1)
+        validate.integer("languages.Options.nouns", self.nouns, 2, len(NOUNS))  # subject and object differ
+        validate.integer("languages.Options.verbs", self.verbs, 1, len(VERBS))
+        validate.integer("languages.Options.adjectives", self.adjectives, 1, len(ADJECTIVES))
+        validate.integer("languages.Options.named", self.named, 0, 1)
+        validate.integer("languages.Options.english_loss", self.english_loss, 0, 1)
+
+    @property
+    def concepts(self) -> tuple[str, ...]:
+        return NOUNS[: self.nouns] + VERBS[: self.verbs] + ADJECTIVES[: self.adjectives]
 
     @property
     def window(self) -> int:
-        """Input tokens of every example: the book, SEP, the English sentence (7 words with ">") and the
-        translation (4 words of 2 syllables each, after "the … the" is dropped, and "."), less one."""
-        return len(_book_words(language(0))) + 1 + 7 + (2 * 4 + 1) - 1
+        """Input tokens of every example: the book, SEP, the name and ":" (named), the English sentence
+        (7 words with ">") and the translation (4 words of 2 syllables each, after "the … the" is dropped,
+        and "."), less one."""
+        return len(_book_words(language(0), self)) + 1 + 3 * self.named + 7 + (2 * 4 + 1) - 1
 
 
 def language(number: int) -> dict:
@@ -70,10 +89,17 @@ def language(number: int) -> dict:
             "adjective_after": rng.random() < 0.5}
 
 
-def _book_words(lang: dict) -> list[str]:
-    entries = " ; ".join(f"{concept} = {word}" for concept, word in lang["lexicon"].items())
+def name(number: int) -> str:
+    """Language `number`'s name (two syllables; used when Options.named = 1)."""
+    rng = random.Random(f"language-name-{number}")
+    return " ".join(rng.choice(SYLLABLES) for _ in range(2))
+
+
+def _book_words(lang: dict, options: Options = Options()) -> list[str]:
+    entries = " ; ".join(f"{concept} = {lang['lexicon'][concept]}" for concept in options.concepts)
     rule = f"order = {' '.join(lang['order'])} ; adjective = {'after' if lang['adjective_after'] else 'before'} ;"
-    return f"book : {entries} ; {rule}".split()
+    title = f"book {name(lang['language'])} :" if options.named else "book :"
+    return f"{title} {entries} ; {rule}".split()
 
 
 def translate(raw: dict) -> str:
@@ -97,12 +123,17 @@ def generate(options: Options, n: int, seed: int) -> list[Example]:
     length = options.window
     for _ in range(n):
         lang = language(options.language + rng.randrange(options.languages))
-        subject, obj = rng.sample(NOUNS, 2)
-        raw = {**lang, "sentence": [rng.choice(ADJECTIVES), subject, rng.choice(VERBS), obj]}
+        lang = {**lang, "lexicon": {c: lang["lexicon"][c] for c in options.concepts}}
+        subject, obj = rng.sample(NOUNS[: options.nouns], 2)
+        raw = {**lang, "sentence": [rng.choice(ADJECTIVES[: options.adjectives]), subject,
+                                    rng.choice(VERBS[: options.verbs]), obj]}
         adjective, _, verb, _ = raw["sentence"]
-        book = _book_words(lang)
+        book = _book_words(lang, options)
         english = f"the {adjective} {subject} {verb} the {obj} {GIVES}"
-        pieces = [" ".join(book) if options.context else " ".join([PAD] * len(book)), SEP, english,
+        if options.named:
+            english = f"{name(lang['language'])} : {english}"
+        pieces = [" ".join(book) if options.context else " ".join([PAD] * len(book)), SEP,
+                  Trained(english) if options.english_loss else english,
                   Answer(solve(raw)[0], ORDERS.index(lang["order"]))]
         used = len(book) + 1 + len(english.split()) + len(solve(raw)[0].split())
         assert used == length + 1, "every example has the same layout"

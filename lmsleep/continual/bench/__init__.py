@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import importlib
 
-MODULES = {"knowledge": "knowledge", "puzzles": "puzzles_bench", "efficiency": "efficiency"}  # name -> module
+MODULES = {"knowledge": "knowledge", "sequential": "sequential", "puzzles": "puzzles_bench",
+           "efficiency": "efficiency", "levels": "levels_bench"}  # name -> module of this package
 
 
 def load(name: str):

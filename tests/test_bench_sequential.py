@@ -1,0 +1,206 @@
+"""Benchmarks `sequential` and `levels` (issue 13) at a tiny setting: the smaller, named languages world,
+the base grown to k levels, each system's mechanism, run_seed's structure, the runner's files and resume,
+and clear errors for bad flags."""
+import argparse
+import json
+
+import pytest
+import torch
+
+from lmsleep.continual.bench import levels_bench, load, runner, sequential
+from lmsleep.tasks import languages
+
+TINY = ["--languages", "2", "--steps", "2", "--wake", "2", "--batch", "4", "--train", "8", "--test", "8",
+        "--grid", "1", "--fisher-rows", "4", "--base-steps", "8"]
+
+
+def parse(module, extra=(), cache=None):
+    parser = argparse.ArgumentParser()
+    runner.add_common_arguments(parser, "unused")
+    module.add_arguments(parser)
+    return parser.parse_args([*TINY, *(["--cache-dir", str(cache)] if cache else []), *extra])
+
+
+@pytest.fixture(autouse=True)
+def short_sleeps(monkeypatch):
+    """Consolidation samples token by token: tiny replay keeps these tests at seconds."""
+    monkeypatch.setattr(sequential, "SEEDING", {**sequential.SEEDING, "batch_size": 2, "sample_length": 4})
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("bases")
+
+
+@pytest.fixture(scope="module")
+def base(cache):
+    return sequential.base(parse(sequential, cache=cache))[0]
+
+
+def test_the_small_world_restricts_the_lexicon_names_the_language_and_trains_the_sentence():
+    small = languages.Options(language=3, nouns=2, verbs=1, adjectives=1, named=1, english_loss=1)
+    e = languages.generate(small, 5, seed=0)
+    assert {len(x) for x in e} == {small.window} and small.window < languages.Options().window
+    assert set(e[0].raw["lexicon"]) == {"cat", "dog", "sees", "big"}
+    name = languages.name(3)
+    assert f"book {name} :" in e[0].input_text and f"| {name} : the" in e[0].input_text
+    closed = languages.generate(languages.Options(language=3, context=0, nouns=2, verbs=1, adjectives=1, named=1), 1, 0)[0]
+    assert "book" not in closed.input_text and f"| {name} :" in closed.input_text  # the name says which language
+    sep = e[0].tokens.index(languages.VOCABULARY.encode("|")[0])
+    assert all(e[0].loss_mask[sep:]) and not any(e[0].loss_mask[: sep])  # the sentence is trained too
+    assert languages.solve(e[0].raw) == [e[0].target_text]
+    with pytest.raises(ValueError, match="nouns"):
+        languages.Options(nouns=1)
+
+
+def test_grown_model_computes_what_the_base_computes(base):
+    grown = sequential.with_levels(base, 3, pool=6)
+    assert grown.config.memory_levels == 3 and grown.config.expert_pool == 6
+    tokens = sequential.examples(0, 4, 0, 1)["tokens"]
+    with torch.no_grad():
+        assert torch.allclose(grown(tokens), base(tokens), atol=1e-5)
+    with pytest.raises(ValueError, match="1-level"):
+        sequential.with_levels(grown, 2, pool=6)
+
+
+def test_accuracy_scores_syllables_not_the_stop(base):
+    data = sequential.examples(0, 8, 0, 1)
+    perfect = dict(data)
+
+    class Oracle(torch.nn.Module):
+        def forward(self, tokens):
+            return torch.nn.functional.one_hot(data["targets"][: len(tokens)], base.config.vocab_size).float()
+
+    assert sequential.accuracy(Oracle(), perfect) == 1.0
+    stop = languages.VOCABULARY.encode(".")[0]
+
+    class OnlyStop(torch.nn.Module):
+        def forward(self, tokens):
+            return torch.nn.functional.one_hot(torch.full_like(tokens, stop), base.config.vocab_size).float()
+
+    assert sequential.accuracy(OnlyStop(), data) == 0.0
+
+
+def test_in_context_asks_every_language_after_the_latest_book(base):
+    one, other = sequential.examples(0, 6, 1, 1), sequential.examples(1, 6, 1, 1)
+    spliced = sequential.with_book(other, one)
+    cut = sequential.book_length()
+    assert torch.equal(spliced["tokens"][:, :cut], one["tokens"][:, :cut])
+    assert torch.equal(spliced["tokens"][:, cut:], other["tokens"][:, cut:])
+    system = sequential.InContext(base)
+    system.books = {0: one, 1: other}
+    system.learn(1, None)
+    assert system.accuracy(1, None, other) == sequential.accuracy(base, other)
+
+
+def test_replay_mixes_earlier_languages_and_ewc_anchors_on_them(base, monkeypatch):
+    args = parse(sequential)
+    calls = []
+    monkeypatch.setattr(sequential, "sft", lambda model, data, **kw: calls.append((data, kw)))
+    replay = sequential.FineTune(base, "replay", 1e-3, args, 0)
+    first, second = sequential.examples(0, 8, 0, 0), sequential.examples(1, 8, 0, 0)
+    replay.learn(0, first)
+    replay.learn(1, second)
+    assert len(calls[0][0]["tokens"]) == 8 and len(calls[1][0]["tokens"]) == 16
+    assert torch.equal(calls[1][0]["tokens"][8:], first["tokens"])
+    calls.clear()
+    ewc = sequential.FineTune(base, "ewc", 1e-3, args, 0)
+    ewc.learn(0, first)
+    assert calls[0][1]["penalty"] is None and ewc.fisher is not None
+    ewc.learn(1, second)
+    penalty = calls[1][1]["penalty"]
+    assert isinstance(penalty, sequential.EWC) and penalty.lam == sequential.EWC_LAMBDA
+    assert penalty(ewc.model).item() == 0.0  # anchored at the weights after language 0 (sft was stubbed)
+
+
+def test_sleep_consolidates_each_book_into_level_one_and_sends_it_up(base):
+    args = parse(sequential)
+    system = sequential.Sleep(base, 2, sequential.periods_for(2, args.wake), 1e-2, args, 0)
+    sets = {j: {"in_context": sequential.examples(j, 8, 0, 1)} for j in range(2)}
+    system.learn(0, sets[0])
+    level1 = [b.mlp.levels[0].active_slots() for b in system.model.blocks]
+    assert all(len(s) == 1 for s in level1) and system.learner.context is None
+    system.learn(1, sets[1])
+    # at language 1's wake, level 1 was due: its expert (book 0) went to level 2; book 1 is in level 1
+    assert all(len(b.mlp.levels[0].active_slots()) == 1 for b in system.model.blocks)
+    assert all(len(b.mlp.levels[1].active_slots()) >= 1 for b in system.model.blocks)
+    assert system.update_steps == 2 * args.steps and system.sleep_steps >= args.steps
+
+
+def test_periods():
+    assert sequential.periods_for(1, 4) == [4]
+    assert sequential.periods_for(3, 4) == [4, 8, 16]
+    assert sequential.periods_for(3, 4, slowest=2) == [4, 8, 32]
+
+
+def test_run_seed_structure(cache):
+    args = parse(sequential, ["--systems", "finetune,in-context,sleep-1"], cache)
+    ticks = []
+    result = sequential.run_seed(args, 0, lambda n=1: ticks.append(n))
+    assert set(result["systems"]) == {"finetune", "in-context", "sleep-1"}
+    for name, m in result["systems"].items():
+        assert {"ACC", "BWT", "FWT", "forgetting", "last", "lr"} <= set(m)
+        assert len(result["R"][name]) == 2 and all(len(row) == 2 for row in result["R"][name])
+        assert all(0 <= v <= 1 for row in result["R"][name] for v in row)
+    assert result["systems"]["sleep-1"]["update_steps"] == result["systems"]["finetune"]["update_steps"] == 4
+    assert sum(ticks) == sequential.units(args)
+    assert {"in_context", "closed_book"} <= set(result["base"]) and len(result["b"]) == 2
+
+
+def test_runner_writes_files_and_resume_skips_the_finished_seed(cache, tmp_path, monkeypatch):
+    args = parse(sequential, ["--systems", "finetune", "--seeds", "1", "--out", str(tmp_path)], cache)
+    runner.run(sequential, args, ["sequential"])
+    for name in ("seed-0.json", "results.json", "sequential.png", "report.md"):
+        assert (tmp_path / name).is_file()
+    assert "ACC" in (tmp_path / "report.md").read_text() and "in-context accuracy" in (tmp_path / "report.md").read_text()
+    assert json.loads((tmp_path / "results.json").read_text())["summary"]["finetune"]["ACC"]["n"] == 1
+    monkeypatch.setattr(sequential, "run_seed", lambda *a: pytest.fail("a finished seed ran again"))
+    runner.run(sequential, args, ["sequential"])
+
+
+@pytest.mark.parametrize("flag,value,match", [("--systems", "finetune,magic", "--systems"),
+                                              ("--languages", "1", "--languages"), ("--grid", "0", "--grid"),
+                                              ("--steps", "0", "--steps")])
+def test_bad_flags_name_the_flag(flag, value, match):
+    with pytest.raises(ValueError, match=match):
+        sequential.estimate(parse(sequential, [flag, value]))
+
+
+def test_levels_bench_configurations_and_run(cache):
+    args = parse(levels_bench, ["--levels", "1,2", "--slowest", "1,2"], cache)
+    names = [c[0] for c in levels_bench.configurations(args)]
+    assert names == ["L1 slowest×1", "L1 slowest×2", "L2 slowest×1", "L2 slowest×2"]
+    assert levels_bench.estimate(args) > 0
+    args = parse(levels_bench, ["--levels", "2", "--slowest", "1"], cache)
+    result = levels_bench.run_seed(args, 0, lambda n=1: None)
+    assert set(result["systems"]) == {"L2 slowest×1"} and result["periods"]["L2 slowest×1"] == [2, 4]
+    assert len(result["R"]["L2 slowest×1"]) == 2
+    with pytest.raises(ValueError, match="--levels"):
+        levels_bench.configurations(parse(levels_bench, ["--levels", "5"]))
+    assert load("levels") is levels_bench and load("sequential") is sequential
+
+
+def test_notes_read_forgetting_beside_what_was_learnt():
+    learnt, nothing = [[0.8, 0.0], [0.0, 0.8]], [[0.05, 0.0], [0.0, 0.05]]
+    per_seed = [{"base": {"in_context": 0.99, "closed_book": 0.02}, "R": {"finetune": learnt, "sleep-1": nothing},
+                 "systems": {"finetune": {"lr": 0.01}, "sleep-1": {"lr": 0.1}}}]
+    stat = lambda v: {"mean": v, "std": 0.0, "n": 1, "values": [v]}
+    summary = {"finetune": {"forgetting": stat(0.8), "ACC": stat(0.4)}, "sleep-1": {"forgetting": stat(0.05), "ACC": stat(0.025)}}
+    assert sequential.peak(learnt) == 0.8
+    text = sequential.notes(summary, per_seed)
+    assert "holds only vacuously" in text and "99.0%" in text
+    summary["sleep-1"]["ACC"] = stat(0.5)
+    per_seed[0]["R"]["sleep-1"] = [[0.8, 0.0], [0.75, 0.25]]
+    assert "Sleep at least halves the forgetting of plain fine-tuning': holds here" in sequential.notes(summary, per_seed)
+
+
+def test_levels_verdict_needs_more_than_noise():
+    stat = lambda m, sd: {"ACC": {"mean": m, "std": sd, "n": 3, "values": [m] * 3}}
+    per_seed = [{"base": {"in_context": 0.99, "closed_book": 0.02}, "periods": {"L1 slowest×1": [4]},
+                 "R": {"L1 slowest×1": [[0.1, 0.0], [0.0, 0.1]]}, "lr": 0.1}]
+    noisy = {"L1 slowest×1": stat(0.0, 0.0), "L2 slowest×1": stat(0.03, 0.02)}
+    assert "not resolved" in levels_bench.notes(noisy, per_seed)
+    clear = {"L1 slowest×1": stat(0.1, 0.01), "L2 slowest×1": stat(0.3, 0.02)}
+    assert "'more levels help': holds" in levels_bench.notes(clear, per_seed)
+    worse = {"L1 slowest×1": stat(0.3, 0.01), "L2 slowest×1": stat(0.1, 0.02)}
+    assert "does not hold" in levels_bench.notes(worse, per_seed)
