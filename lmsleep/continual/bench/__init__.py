@@ -1,5 +1,5 @@
 """`lmsleep continual bench NAME`: the benchmarks that test paper 2's claims at CPU scale (issue 13).
-Each is a module of this package (see runner.py for what it exports); BENCHMARKS names them."""
+Each is a module of this package (see runner.py for what it exports); MODULES names them."""
 from __future__ import annotations
 
 import importlib
