@@ -2,6 +2,8 @@
 fake implementation gives, torch.compile(fullgraph=True) of a tiny SleepLM against eager, torch.export."""
 import pytest
 import torch
+import torch._functorch.config
+import torch._inductor.config
 from torch._dynamo.testing import CompileCounterWithBackend
 
 from helpers import random_tokens, tiny_model
@@ -12,6 +14,15 @@ from test_op import random_inputs
 
 pytestmark = needs_native
 OP = torch.ops.lmsleep.gated_delta_rule_native.default
+
+
+@pytest.fixture(autouse=True)
+def fresh_compile_caches(tmp_path, monkeypatch):
+    """Compile from scratch: inductor's on-disk caches do not key on a custom op's fake implementation, so a
+    graph cached by an earlier version of the op (other saved-buffer sizes) would be replayed."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    monkeypatch.setattr(torch._inductor.config, "fx_graph_cache", False)
+    monkeypatch.setattr(torch._functorch.config, "enable_autograd_cache", False)
 
 
 def _leaves(inputs, grad: bool):

@@ -11,6 +11,10 @@ and U, `library.saved_buffers`; empty when `keep` is False), as outputs without 
 cannot keep private state between its forward and backward, and the compiler must know their sizes, which
 `saved_sizes` gives (the C library's `lmsleep_gdr_saved_sizes`, written out so fake tensors and symbolic
 shapes can be sized without the library).
+
+Upgrading: torch's on-disk compile caches do not key on a custom op's fake implementation, so a graph
+compiled by a version of lmsleep whose saved buffers had other sizes can be replayed and fail with a shape
+error; clear inductor's cache (TORCHINDUCTOR_CACHE_DIR, by default /tmp/torchinductor_$USER) after upgrading.
 """
 from __future__ import annotations
 
