@@ -52,7 +52,7 @@ def test_a_rerun_skips_finished_seeds_and_reruns_changed_arguments(tiny, monkeyp
     original = knowledge.run_seed
     monkeypatch.setattr(knowledge, "run_seed", lambda a, seed, tick: calls.append(seed) or original(a, seed, tick))
     again = runner.run(knowledge, args, argv=["knowledge"])
-    assert calls == [] and json.dumps(again["per_seed"]) == json.dumps(first["per_seed"])
+    assert calls == [] and runner.dumps(again["per_seed"]) == runner.dumps(first["per_seed"])
     changed = copy.copy(args)
     changed.seeds = [1]
     changed.forgetting_budget = 0.5  # other arguments: seed 1 is computed again
@@ -128,3 +128,27 @@ def test_fidelity_counts_true_facts_covered_and_wrong_facts_stated():
     sequences = [torch.tensor([ks.SEP] + facts.VOCABULARY.encode(text)) for text in (right, wrong, "the is . ?")]
     result = ks.fidelity(ks.rows(sequences, [1, 1, 1]), raw)
     assert result == {"true": 1 / 3, "wrong": 1 / 2, "stated": 2.0}
+
+
+def test_json_has_no_nan_and_tables_say_how_many_seeds_gave_a_value():
+    text = runner.dumps({"a": [float("nan"), 1.0, {"b": float("inf")}]})
+    assert json.loads(text) == {"a": [None, 1.0, {"b": None}]}
+    summary = runner.aggregate([{"systems": {"s": {"x": 0.5}}}, {"systems": {"s": {"x": None}}}])
+    assert runner.table(summary, ["x"], {"x"}, seeds=2).splitlines()[-1] == "| s | 50.0 ± — (n=1) |"
+
+
+def test_every_ablation_that_runs_can_differ_from_the_full_sleep():
+    # with one base expert per level the random-expert switch has nothing to route to: it is not offered
+    names = knowledge.systems(parse())
+    assert ("sleep − random expert" in names) == (knowledge.MODEL.get("level_experts", 1) > 1)
+    assert {"sleep − dreaming", "sleep − imitation", "sleep − expansion", "sleep − gradient selection"} <= set(names)
+
+
+def test_test_validation_training_and_probe_passages_never_coincide():
+    ranges = [knowledge.TEST, knowledge.VALIDATION, knowledge.TRAINING, knowledge.PROBE, knowledge.PROBE_VALIDATION]
+    span = knowledge.MAX_SEED * knowledge.MAX_PER_SEED
+    assert all(b - a >= span for a, b in zip(ranges, ranges[1:]))
+    with pytest.raises(ValueError, match="--trials"):
+        knowledge.units(parse("--trials", "100"))
+    with pytest.raises(ValueError, match="--trials"):
+        knowledge.units(parse("--passages", "5", "--trials", "2"))

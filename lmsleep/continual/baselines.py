@@ -78,9 +78,10 @@ def fisher_diagonal(model: SleepLM, data, batch_size: int = 16) -> dict[str, tor
 
 
 def sft(model: SleepLM, data, *, steps: int = 20, lr: float = 1e-3, batch_size: int | None = None, seed: int = 0,
-        penalty=None) -> list[float]:
+        penalty=None, on_step=None) -> list[float]:
     """Fine-tune every trainable parameter of `model` (in place) with Adam for `steps` steps; batch_size rows
-    drawn without replacement per step (None: all rows). penalty(model) -> scalar is added (e.g. EWC).
+    drawn without replacement per step (None: all rows). penalty(model) -> scalar is added (e.g. EWC);
+    on_step(step, model) is called after each step (1-based), e.g. to read a learning curve off one run.
     Returns the loss before each step (penalty excluded)."""
     tokens, targets, mask = as_data(data)
     validate.non_negative_int("steps", steps)
@@ -105,6 +106,8 @@ def sft(model: SleepLM, data, *, steps: int = 20, lr: float = 1e-3, batch_size: 
             losses.append(loss.item())
             (loss if penalty is None else loss + penalty(model)).backward()
             optimizer.step()
+            if on_step is not None:
+                on_step(len(losses), model)
     finally:
         model.zero_grad(set_to_none=True)
         model.train(was_training)

@@ -145,11 +145,40 @@ def propose(model: SleepLM, context: torch.Tensor, cfg: DreamingConfig, seed: in
             generator: LoRAAdapters | None = None, prefix: torch.Tensor | None = None):
     """Steps 1–2, which need no measure: sample m dreams after C, score them by gradient importance, keep
     the top k + b random. Returns (dreams [m, L], their datasets, scores [m], kept indices)."""
+    _check_context(model, context, prefix)
     dreams = sample_dreams(model, context, cfg, seed, generator)
     datasets = dream_datasets(dreams, prefix)
     scores = importance(model, datasets, sft_data(context), rank=cfg.rank, alpha=cfg.alpha, seed=seed)
     kept = select(scores, cfg.keep_top, cfg.keep_random, torch.Generator().manual_seed(seed)).tolist()
     return dreams, datasets, scores, kept
+
+
+def _check_context(model: SleepLM, context: torch.Tensor, prefix: torch.Tensor | None) -> None:
+    model.check_tokens(context, "context")
+    if context.dim() != 2 or context.shape[0] != 1 or context.shape[1] < 2:
+        raise ValueError(f"context must be one row [1, c] of at least 2 tokens, got {tuple(context.shape)}")
+    if prefix is not None:
+        model.check_tokens(prefix, "prefix")
+        if prefix.dim() != 2 or prefix.shape[0] != 1:
+            raise ValueError(f"prefix must be one row [1, p], got {tuple(prefix.shape)}")
+
+
+def reward_round(model: SleepLM, context: torch.Tensor, measure: Callable[[SleepLM], float], cfg: DreamingConfig,
+                 seed: int, generator: LoRAAdapters | None = None, prefix: torch.Tensor | None = None) -> DreamRound:
+    """Steps 1–3 for one context: propose, fine-tune an isolated copy per kept dream, reward the dreams whose
+    copy beats the model on τ. The model's weights never change."""
+    if not callable(measure):
+        raise TypeError(f"measure must be a callable model -> float, got {type(measure).__name__}")
+    dreams, datasets, scores, kept = propose(model, context, cfg, seed, generator, prefix)
+    tuned = finetune(model, [datasets[i] for i in kept], rank=cfg.rank, alpha=cfg.alpha, steps=cfg.steps,
+                     lr=cfg.lr, seed=seed)
+    before = float(measure(model))
+    measures = []
+    for copy in range(len(kept)):
+        with tuned.adapters.applied(model, copy):
+            measures.append(float(measure(model)))
+    return DreamRound(dreams=dreams.tolist(), scores=scores.tolist(), kept=kept, measure_before=before,
+                      measures=measures, rewards=rewards_for(measures, before, cfg.reward_mode), generator_trained_on=0)
 
 
 def dream(model: SleepLM, context: torch.Tensor, measure: Callable[[SleepLM], float],
@@ -158,38 +187,22 @@ def dream(model: SleepLM, context: torch.Tensor, measure: Callable[[SleepLM], fl
     """Steps 1–4 for one context C [1, c]. `measure(model)` is τ (it may be called with an adapter applied);
     `generator`: the dream generator from an earlier sleep, if any; `prefix` [1, p]: what each dream is read
     after when a copy learns it (dream_datasets). The model's weights never change."""
-    model.check_tokens(context, "context")
-    if context.shape[0] != 1 or context.shape[1] < 2:
-        raise ValueError(f"context must be one row [1, c] of at least 2 tokens, got {tuple(context.shape)}")
+    _check_context(model, context, prefix)
     if not callable(measure):
         raise TypeError(f"measure must be a callable model -> float, got {type(measure).__name__}")
-    if prefix is not None:
-        model.check_tokens(prefix, "prefix")
-        if prefix.dim() != 2 or prefix.shape[0] != 1:
-            raise ValueError(f"prefix must be one row [1, p], got {tuple(prefix.shape)}")
     report = DreamReport(generator=generator)
     was_training = model.training
     model.eval()
     try:
         for round_ in range(cfg.rounds):
             seed = cfg.seed * 1_000_003 + round_
-            dreams, datasets, scores, kept = propose(model, context, cfg, seed, report.generator, prefix)
-            tuned = finetune(model, [datasets[i] for i in kept], rank=cfg.rank, alpha=cfg.alpha, steps=cfg.steps,
-                             lr=cfg.lr, seed=seed)
-            before = float(measure(model))
-            measures = []
-            for copy in range(len(kept)):
-                with tuned.adapters.applied(model, copy):
-                    measures.append(float(measure(model)))
-            rewards = rewards_for(measures, before, cfg.reward_mode)
-            data = rest_em_data(context, dreams[kept], rewards)
+            result = reward_round(model, context, measure, cfg, seed, report.generator, prefix)
+            data = rest_em_data(context, torch.tensor(result.dreams)[result.kept], result.rewards)
             if data is not None and cfg.generator_steps:
                 report.generator = finetune(model, [data], rank=cfg.rank, alpha=cfg.alpha,
                                             steps=cfg.generator_steps, lr=cfg.lr, seed=seed + 1).adapters
-            report.rounds.append(DreamRound(
-                dreams=dreams.tolist(), scores=scores.tolist(), kept=kept, measure_before=before,
-                measures=measures, rewards=rewards, generator_trained_on=0 if data is None else data[0].shape[0],
-            ))
+            result.generator_trained_on = 0 if data is None else data[0].shape[0]
+            report.rounds.append(result)
     finally:
         model.train(was_training)
     return report

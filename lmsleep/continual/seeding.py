@@ -23,6 +23,7 @@ from .. import validate
 from ..layers.levels import MemoryLevel
 from ..model import SleepLM
 from ..stream import SleepStream
+from .baselines import as_data
 from .divergence import generalized_jsd
 from .levels import LevelUpdates, level_modules
 from .rewards import ExactJudge, reinforce_loss, reward
@@ -149,7 +150,9 @@ def train_expert(model: SleepLM, new_expert: NewExpert, data, *, steps: int, lr:
     """Supervised steps (Adam, next-token loss on data = (tokens, targets, loss_mask)) on the new expert only,
     e.g. to learn kept dreams into the capacity a consolidation just unlocked; every other weight and the
     wake gradients stay as they were. Returns the loss before each step."""
-    tokens, targets, mask = data
+    tokens, targets, mask = as_data(data)
+    if not new_expert:
+        raise ValueError("train_expert needs the new expert's (level, slot) in every block")
     validate.non_negative_int("steps", steps)
     validate.positive_number("lr", lr)
     saved = freeze_all_but(model, new_expert)

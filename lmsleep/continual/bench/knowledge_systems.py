@@ -7,7 +7,8 @@ about the passage later, closed-book. None ever sees a question about the passag
     finetune+restatements    full fine-tuning on the passage and on restatements the model wrote after reading
                              it (samples after SEP, learnt after padding where the passage was; no RL)
     seal                     SEAL-style: dreams from a generator trained by ReST-EM on other passages, kept by
-                             gradient importance, learnt by full fine-tuning (no consolidation, no expansion)
+                             Sleep's gradient importance (as Sleep's are, so that the two differ only in
+                             consolidation and expansion), learnt by full fine-tuning
     sleep                    knowledge seeding of the passage into a new level-1 expert (teacher = the model
                              reading the passage, student = the model reading padding), then the same dreams
                              learnt into that expert (our decision: a sleep writes nothing else)
@@ -27,8 +28,8 @@ import torch
 from ...model import SleepLM
 from ...tasks import facts, score
 from ..baselines import sft
-from ..dreaming import DreamingConfig, dream, propose
-from ..lora import LoRAAdapters
+from ..dreaming import DreamingConfig, propose, reward_round
+from ..lora import LoRAAdapters, finetune
 from ..rewards import task_judge
 from ..seeding import SeedingConfig, consolidate, existing_experts, prepare_student, sample, snapshot, train_expert
 
@@ -102,6 +103,13 @@ def rows(sequences: list[torch.Tensor], scored_from: list[int]) -> tuple[torch.T
     return tokens[:, :-1], tokens[:, 1:], mask
 
 
+def writing(name: str, model: SleepLM, raw: dict, budget: Budget, seed: int, generator=None):
+    """The rows system `name` wrote itself (restatements, or kept dreams), for `fidelity`."""
+    if name == "finetune+restatements":
+        return rows(*restatements(model, raw, budget, seed))
+    return dream_data(model, raw, budget, seed, generator)
+
+
 def fidelity(data, raw: dict) -> dict:
     """What self-written rows (restatements or dreams) state about the passage's person: the share of their
     true facts stated at least once ("true"), and the share of stated facts about them that are wrong
@@ -118,13 +126,24 @@ def fidelity(data, raw: dict) -> dict:
 # ----- the dream generator (trained on other passages, with their questions as τ) -----
 
 def train_generator(model: SleepLM, training: list[dict], budget: Budget, seed: int) -> LoRAAdapters | None:
-    """ReST-EM over `training` passages: dream about each, reward the dreams whose isolated copy answers that
-    passage's questions better closed-book, fine-tune the generator on them. The model never changes."""
+    """ReST-EM over `training` passages, for the dreaming config's rounds: dream about each passage, reward the
+    dreams whose isolated copy answers that passage's questions better closed-book, then fine-tune the
+    generator once on the rewarded (passage, dream) pairs of all passages (left-padded to one length). The
+    model never changes; None when no dream was ever rewarded."""
+    cfg = budget.dreaming_config(seed)
     generator = None
-    for i, raw in enumerate(training):
-        report = dream(model, context(raw), lambda m, raw=raw: accuracy(m, raw),
-                       budget.dreaming_config(seed * 1009 + i), generator, prefix=blank(raw))
-        generator = report.generator
+    for round_ in range(cfg.rounds):
+        pairs, starts = [], []
+        for i, raw in enumerate(training):
+            result = reward_round(model, context(raw), lambda m, raw=raw: accuracy(m, raw), cfg,
+                                  (seed * 1009 + i) * 31 + round_, generator, prefix=blank(raw))
+            for index, rewarded in zip(result.kept, result.rewards):
+                if rewarded:
+                    pairs.append(torch.cat([context(raw)[0], torch.tensor(result.dreams[index])]))
+                    starts.append(context(raw).shape[1])
+        if pairs and cfg.generator_steps:
+            generator = finetune(model, [rows(pairs, starts)], rank=cfg.rank, alpha=cfg.alpha,
+                                 steps=cfg.generator_steps, lr=cfg.lr, seed=seed * 1009 + round_).adapters
     return generator
 
 
@@ -143,15 +162,20 @@ def passage_data(model: SleepLM, raw: dict, budget: Budget, seed: int, generator
     return rows([passage(raw)[0]], [1])
 
 
-def restatement_data(model: SleepLM, raw: dict, budget: Budget, seed: int, generator=None):
-    """finetune+restatements' rows: the passage, and restatements the model wrote after reading it (sampled
-    after SEP), each read after padding where the passage was."""
+def restatements(model: SleepLM, raw: dict, budget: Budget, seed: int):
+    """Restatements the model writes after reading the passage (sampled after SEP), each as a row read after
+    padding where the passage was (the closed-book layout), scored on what was written."""
     prompts = torch.tensor([[SEP]] * budget.restatements)
     written = sample(model, prompts, budget.restatement_length, 1.0, seed,
                      passage(raw).expand(budget.restatements, -1))[:, 1:]
     prefix = blank(raw)[0]
-    sequences = [passage(raw)[0]] + [torch.cat([prefix, w]) for w in written]
-    return rows(sequences, [1] + [prefix.numel()] * len(written))
+    return [torch.cat([prefix, w]) for w in written], [prefix.numel()] * len(written)
+
+
+def restatement_data(model: SleepLM, raw: dict, budget: Budget, seed: int, generator=None):
+    """finetune+restatements' rows: the passage, and the model's restatements of it."""
+    sequences, starts = restatements(model, raw, budget, seed)
+    return rows([passage(raw)[0], *sequences], [1, *starts])
 
 
 def dream_data(model: SleepLM, raw: dict, budget: Budget, seed: int, generator=None):

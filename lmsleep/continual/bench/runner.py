@@ -29,18 +29,29 @@ from pathlib import Path
 from ...io import write_text
 
 
+def int_list(flag: str, text: str, low: int = 0) -> list[int]:
+    """A comma-separated list of distinct integers ≥ low for `flag`, or a clear error naming it."""
+    try:
+        values = [int(part) for part in str(text).split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"{flag} must be a comma-separated list of integers, got {text!r}") from None
+    if not values or min(values) < low or len(set(values)) != len(values):
+        raise ValueError(f"{flag} needs at least one integer, each ≥ {low} and none repeated, got {text!r}")
+    return values
+
+
 def seed_list(text: str) -> list[int]:
     """--seeds: a count ("3" = seeds 0, 1, 2) or a comma-separated list ("0,4,7")."""
     try:
-        if "," in text:
-            seeds = [int(part) for part in text.split(",") if part.strip()]
-        else:
-            seeds = list(range(int(text)))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--seeds must be a count or a comma-separated list of integers, got {text!r}")
-    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
-        raise argparse.ArgumentTypeError(f"--seeds needs at least one seed, none negative or repeated, got {text!r}")
-    return seeds
+        if "," not in text:
+            count = int(text)
+            if count < 1:
+                raise ValueError(f"--seeds needs at least one seed, got {text!r}")
+            return list(range(count))
+        return int_list("--seeds", text)
+    except ValueError as error:
+        message = str(error) if str(error).startswith("--seeds") else f"--seeds must be a count or a list, got {text!r}"
+        raise argparse.ArgumentTypeError(message) from None
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, default_out: str) -> None:
@@ -64,7 +75,7 @@ def aggregate(per_seed: list[dict]) -> dict:
     for result in per_seed:
         for system, metrics in result["systems"].items():
             for metric, value in metrics.items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):  # null: none
                     systems.setdefault(system, {}).setdefault(metric, []).append(float(value))
     return {system: {metric: {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
                               "n": len(values), "values": values}
@@ -72,19 +83,37 @@ def aggregate(per_seed: list[dict]) -> dict:
             for system, metrics in systems.items()}
 
 
-def cell(stat: dict | None, percent: bool) -> str:
+def cell(stat: dict | None, percent: bool, seeds: int | None = None) -> str:
+    """mean ± std (×100 when percent); ± — for one value; (n=k) when fewer seeds than run gave a finite value."""
     if stat is None:
         return "—"
-    scale, unit = (100, "") if percent else (1, "")
-    return f"{stat['mean'] * scale:.1f} ± {stat['std'] * scale:.1f}{unit}"
+    scale = 100 if percent else 1
+    spread = f"{stat['std'] * scale:.1f}" if stat["n"] > 1 else "—"
+    count = f" (n={stat['n']})" if seeds is not None and stat["n"] < seeds else ""
+    return f"{stat['mean'] * scale:.1f} ± {spread}{count}"
 
 
-def table(summary: dict, metrics: list[str], percent: set[str] = frozenset()) -> str:
+def table(summary: dict, metrics: list[str], percent: set[str] = frozenset(), seeds: int | None = None) -> str:
     """A markdown table: one row per system, one column per metric, mean ± std (percent metrics ×100)."""
     lines = ["| system | " + " | ".join(metrics) + " |", "| --- |" + " --- |" * len(metrics)]
     for system, stats in summary.items():
-        lines.append(f"| {system} | " + " | ".join(cell(stats.get(m), m in percent) for m in metrics) + " |")
+        lines.append(f"| {system} | " + " | ".join(cell(stats.get(m), m in percent, seeds) for m in metrics) + " |")
     return "\n".join(lines)
+
+
+def finite(value):
+    """JSON has no NaN: non-finite numbers are written as null (recursively)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
+
+
+def dumps(value) -> str:
+    return json.dumps(finite(value), indent=1, allow_nan=False) + "\n"
 
 
 def bar_plot(summary: dict, metrics: str | list[str], path: Path, title: str) -> None:
@@ -123,6 +152,7 @@ def run(bench, args: argparse.Namespace, argv: list[str] | None = None) -> dict:
         if args.threads < 1:
             raise ValueError(f"--threads must be at least 1, got {args.threads}")
         torch.set_num_threads(args.threads)
+    bench.units(args)  # checks the benchmark's flags before anything is written
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     ident = identity(args)
@@ -148,8 +178,8 @@ def run(bench, args: argparse.Namespace, argv: list[str] | None = None) -> dict:
             began = time.perf_counter()
             result = bench.run_seed(args, seed, lambda n=1: bar.update(n))
             seconds[seed] = round(time.perf_counter() - began, 1)
-            write_text(out / f"seed-{seed}.json", json.dumps(
-                {"arguments": ident, "seed": seed, "seconds": seconds[seed], "result": result}, indent=1) + "\n")
+            write_text(out / f"seed-{seed}.json",
+                       dumps({"arguments": ident, "seed": seed, "seconds": seconds[seed], "result": result}))
             done[seed] = result
     per_seed = [done[s] for s in args.seeds]
     summary = aggregate(per_seed)
@@ -157,7 +187,7 @@ def run(bench, args: argparse.Namespace, argv: list[str] | None = None) -> dict:
     results = {"benchmark": bench.NAME, "command": command, "arguments": ident, "seeds": list(args.seeds),
                "per_seed": per_seed, "summary": summary, "seconds_per_seed": [seconds[s] for s in args.seeds],
                "wall_s": round(time.perf_counter() - started, 1)}
-    write_text(out / "results.json", json.dumps(results, indent=1) + "\n")
+    write_text(out / "results.json", dumps(results))
     plot_path = out / f"{bench.NAME}.png"
     if hasattr(bench, "plot"):
         bench.plot(summary, plot_path, per_seed)
@@ -166,7 +196,7 @@ def run(bench, args: argparse.Namespace, argv: list[str] | None = None) -> dict:
     metrics = getattr(bench, "COLUMNS", None) or sorted({m for stats in summary.values() for m in stats})
     report = [f"# Benchmark `{bench.NAME}`", "", bench.HELP, "", f"    {command}", "",
               f"Seeds: {', '.join(map(str, args.seeds))}. Mean ± std over seeds; percentages ×100.", "",
-              table(summary, metrics, set(getattr(bench, "PERCENT", ()))), "", f"![{bench.NAME}]({plot_path.name})", ""]
+              table(summary, metrics, set(getattr(bench, "PERCENT", ())), len(args.seeds)), "", f"![{bench.NAME}]({plot_path.name})", ""]
     if hasattr(bench, "notes"):
         report += [bench.notes(summary, per_seed), ""]
     write_text(out / "report.md", "\n".join(report))
