@@ -152,3 +152,14 @@ def test_test_validation_training_and_probe_passages_never_coincide():
         knowledge.units(parse("--trials", "100"))
     with pytest.raises(ValueError, match="--trials"):
         knowledge.units(parse("--passages", "5", "--trials", "2"))
+
+
+def test_the_base_command_builds_the_base_the_benchmark_loads(tiny, capsys):
+    from lmsleep.continual import bases_cli
+
+    args, _ = tiny
+    namespace = bases_cli.bench_arguments("facts", args.cache_dir)
+    assert namespace.base_steps == knowledge.BASE_STEPS  # the benchmark's default base, not another
+    namespace.base_steps = 30
+    reports = knowledge.bases(namespace)
+    assert all(report["loaded"] for report in reports.values())  # the tiny run above trained exactly these

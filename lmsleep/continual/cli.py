@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from . import demo
+from . import bases_cli, demo
 from .bench import cli as bench
 
 HELP = "the continual learner of paper 2 (memory levels, knowledge seeding, dreaming): `continual demo`, `continual bench NAME`"
-COMMANDS = {"demo": demo, "bench": bench}
+COMMANDS = {"demo": demo, "bench": bench, "base": bases_cli}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -378,3 +378,9 @@ def notes(summary: dict, per_seed: list[dict]) -> str:
 
 SFT_NOTE = "--steps Adam steps on every parameter, the rate tuned on a 5-point grid"
 GATE = 0.9
+
+
+def bases(args) -> dict:
+    """The world's pretrained bases (trained once, then loaded from the cache): {name: report}."""
+    return {f"facts, {count} levels": pretrained_base(WORLD, {**MODEL, "memory_levels": count}, args.cache_dir,
+                                                       args.base_steps, progress=True)[1] for count in LEVELS}

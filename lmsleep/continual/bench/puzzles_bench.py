@@ -32,7 +32,7 @@ import torch
 
 from ...tasks import batch, puzzles
 from ...train import TrainConfig
-from .. import base as bases
+from .. import base as base_cache
 from ..dreaming import DreamingConfig, rest_em_data, rewards_for, sample_dreams
 from ..lora import LoRAAdapters, attached, finetune
 from ..seeding import SeedingConfig, consolidate, prepare_student, snapshot
@@ -130,9 +130,9 @@ _BASES: dict = {}
 
 def pretrained(s: dict, cache_dir=None):
     cfg = base_config(s)
-    key = (bases.cache_key(cfg), str(cache_dir))
+    key = (base_cache.cache_key(cfg), str(cache_dir))
     if key not in _BASES:
-        _BASES[key] = bases.pretrained(cfg, lambda m: measure_base(m, s), cache_dir, progress=False)
+        _BASES[key] = base_cache.pretrained(cfg, lambda m: measure_base(m, s), cache_dir, progress=False)
     return _BASES[key]
 
 
@@ -361,7 +361,7 @@ def estimate(args: argparse.Namespace) -> float:
     seconds = (s["problems"] * SECONDS["problem"] * scale * (s["seeding_steps"] / 12) ** 0.5
                + s["rest_rounds"] * s["rest_problems"] * SECONDS["rest_problem"] * scale)
     cfg = base_config(s)
-    if not (bases.cache_root(args.cache_dir) / bases.cache_key(cfg) / bases.REPORT_FILE).is_file():
+    if not (base_cache.cache_root(args.cache_dir) / base_cache.cache_key(cfg) / base_cache.REPORT_FILE).is_file():
         seconds += s["base_steps"] * SECONDS["base_step"] / max(1, len(getattr(args, "seeds", [0])))
     return seconds
 
@@ -404,3 +404,8 @@ def notes(summary: dict, per_seed: list[dict]) -> str:
 
 def _mean(records: list[dict], key: str) -> float:
     return sum(r[key] for r in records) / max(1, len(records))
+
+
+def bases(args) -> dict:
+    """The world's pretrained base (trained once, then loaded from the cache): {name: report}."""
+    return {"puzzles": pretrained(sizes(args), args.cache_dir)[1]}

@@ -473,3 +473,8 @@ DIAGNOSIS = (
     "was 0% and language 0 6% closed-book. A gate that can switch an expert off (routing on the language's "
     "name), or replay that also keeps in-context reading (the student distilled on teacher samples with a "
     "book in context), are the next things to try.")
+
+
+def bases(args) -> dict:
+    """The world's pretrained base (trained once, then loaded from the cache): {name: report}."""
+    return {"languages": base(args)[1]}
