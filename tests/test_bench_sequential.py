@@ -11,14 +11,16 @@ from lmsleep.continual.bench import levels_bench, load, runner, sequential
 from lmsleep.tasks import languages
 
 TINY = ["--languages", "2", "--steps", "2", "--wake", "2", "--batch", "4", "--train", "8", "--test", "8",
-        "--grid", "1", "--fisher-rows", "4", "--base-steps", "8"]
+        "--base-steps", "8"]
+TUNING = ["--grid", "1", "--fisher-rows", "4"]  # sequential's only (levels does not tune)
 
 
 def parse(module, extra=(), cache=None):
     parser = argparse.ArgumentParser()
     runner.add_common_arguments(parser, "unused")
     module.add_arguments(parser)
-    return parser.parse_args([*TINY, *(["--cache-dir", str(cache)] if cache else []), *extra])
+    tuning = TUNING if module is sequential else []
+    return parser.parse_args([*TINY, *tuning, *(["--cache-dir", str(cache)] if cache else []), *extra])
 
 
 @pytest.fixture(autouse=True)
