@@ -11,14 +11,16 @@ from lmsleep.continual.bench import levels_bench, load, runner, sequential
 from lmsleep.tasks import languages
 
 TINY = ["--languages", "2", "--steps", "2", "--wake", "2", "--batch", "4", "--train", "8", "--test", "8",
-        "--grid", "1", "--fisher-rows", "4", "--base-steps", "8"]
+        "--base-steps", "8"]
+TUNING = ["--grid", "1", "--fisher-rows", "4"]  # sequential's only (levels does not tune)
 
 
 def parse(module, extra=(), cache=None):
     parser = argparse.ArgumentParser()
     runner.add_common_arguments(parser, "unused")
     module.add_arguments(parser)
-    return parser.parse_args([*TINY, *(["--cache-dir", str(cache)] if cache else []), *extra])
+    tuning = TUNING if module is sequential else []
+    return parser.parse_args([*TINY, *tuning, *(["--cache-dir", str(cache)] if cache else []), *extra])
 
 
 @pytest.fixture(autouse=True)
@@ -204,3 +206,72 @@ def test_levels_verdict_needs_more_than_noise():
     assert "'more levels help': holds" in levels_bench.notes(clear, per_seed)
     worse = {"L1 slowest×1": stat(0.3, 0.01), "L2 slowest×1": stat(0.1, 0.02)}
     assert "does not hold" in levels_bench.notes(worse, per_seed)
+
+
+def rows(data: dict) -> set:
+    return {tuple(r.tolist()) for r in data["tokens"]}
+
+
+def test_no_test_row_is_a_training_row():
+    """The world has 48 sentences: the split gives each language distinct training and test sentences,
+    closed-book and with the book, for the default sizes and every seed and language a run uses."""
+    args = parse(sequential, ["--train", "32", "--test", "16"])
+    for seed in range(3):
+        for j in [*range(4), *sequential.VALIDATION]:
+            sets = sequential.language_sets(j, seed, args.train, args.test)
+            assert len(rows(sets["train"])) == 32 and len(rows(sets["closed"])) == 16
+            assert not rows(sets["train"]) & rows(sets["closed"])
+            assert not rows(sets["in_context"]) & rows(sets["test_in_context"])
+    assert sequential.split(0, 0, 32, 16) != sequential.split(0, 1, 32, 16)  # each seed its own split
+
+
+def test_sequence_trains_and_tests_on_disjoint_rows():
+    args = parse(sequential)
+    seen = {"train": set(), "closed": set()}
+
+    class Recorder:
+        update_steps = 0
+
+        def learn(self, language, data):
+            seen["train"] |= rows(data)
+
+        def accuracy(self, language, closed, in_context):
+            seen["closed"] |= rows(closed)
+            return 0.0
+
+    sequential.sequence(Recorder(), [0, 1], args, seed=0)
+    assert len(seen["train"]) == 16 and len(seen["closed"]) == 16 and not seen["train"] & seen["closed"]
+
+
+def test_too_many_rows_for_the_world_name_the_flags():
+    for extra in (["--train", "40", "--test", "16"], ["--test", "49", "--train", "1"]):
+        with pytest.raises(ValueError, match="--train .* --test .* 48 distinct"):
+            sequential.estimate(parse(sequential, extra))
+        with pytest.raises(ValueError, match="--train .* --test"):
+            levels_bench.estimate(parse(levels_bench, extra))
+
+
+def test_validation_languages_are_not_test_base_or_gate_languages():
+    tests = set(range(8))  # --languages is at most 8: test languages 0..7
+    pretraining = set(range(sequential.PRETRAIN.language, sequential.PRETRAIN.language + sequential.PRETRAIN.languages))
+    gate = set(range(sequential.HELD_OUT_FIRST, sequential.HELD_OUT_FIRST + 100))
+    validation = set(sequential.VALIDATION)
+    assert not validation & tests and not validation & pretraining and not validation & gate
+    assert not tests & pretraining and not tests & gate
+    with pytest.raises(ValueError, match="--languages"):
+        sequential.estimate(parse(sequential, ["--languages", "9"]))
+
+
+@pytest.mark.parametrize("flag,value", [("--systems", "sleep-1"), ("--grid", "2"), ("--validation", "1"),
+                                        ("--fisher-rows", "4")])
+def test_levels_does_not_offer_flags_it_would_ignore(flag, value, capsys):
+    with pytest.raises(SystemExit):
+        parse(levels_bench, [flag, value])
+    assert f"unrecognized arguments: {flag}" in capsys.readouterr().err
+
+
+def test_levels_settings_note_is_its_own():
+    text = levels_bench.settings_note(0.1)
+    assert "0.1" in text and "no tuning" in text and "disjoint" in text
+    assert "EWC" not in text and "--grid" not in text and "--validation" not in text
+    assert "--grid" in sequential.settings_note() and "EWC" in sequential.settings_note()

@@ -46,3 +46,19 @@ def test_closed_book_pads_where_the_book_was():
 def test_bad_options_name_the_field(field, value):
     with pytest.raises(ValueError, match=field):
         languages.Options(**{field: value})
+
+
+def test_the_sentence_space_and_rendering_given_sentences():
+    small = languages.Options(language=7, nouns=4, verbs=2, adjectives=2, named=1)
+    space = languages.sentences(small)
+    assert len(space) == len(set(space)) == 2 * 4 * 3 * 2 and all(s[1] != s[3] for s in space)
+    examples = languages.render(small, space[:5])
+    assert [tuple(e.raw["sentence"]) for e in examples] == space[:5]
+    assert {e.raw["language"] for e in examples} == {7} and {len(e) for e in examples} == {small.window}
+    assert all(languages.solve(e.raw) == [e.target_text] for e in examples)
+    drawn = languages.generate(small, 20, seed=3)  # generate draws from the same space
+    assert {tuple(e.raw["sentence"]) for e in drawn} <= set(space)
+    with pytest.raises(ValueError, match="not in this world"):
+        languages.render(small, [("big", "cat", "sees", "cat")])
+    with pytest.raises(ValueError, match="not in this world"):
+        languages.render(small, [("big", "horse", "sees", "cat")])

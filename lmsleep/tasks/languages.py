@@ -120,22 +120,44 @@ def generate(options: Options, n: int, seed: int) -> list[Example]:
     validate.integer("generate.n", n, 0)
     rng = random.Random(seed)
     examples = []
-    length = options.window
     for _ in range(n):
-        lang = language(options.language + rng.randrange(options.languages))
-        lang = {**lang, "lexicon": {c: lang["lexicon"][c] for c in options.concepts}}
+        number = options.language + rng.randrange(options.languages)
         subject, obj = rng.sample(NOUNS[: options.nouns], 2)
-        raw = {**lang, "sentence": [rng.choice(ADJECTIVES[: options.adjectives]), subject,
-                                    rng.choice(VERBS[: options.verbs]), obj]}
-        adjective, _, verb, _ = raw["sentence"]
-        book = _book_words(lang, options)
-        english = f"the {adjective} {subject} {verb} the {obj} {GIVES}"
-        if options.named:
-            english = f"{name(lang['language'])} : {english}"
-        pieces = [" ".join(book) if options.context else " ".join([PAD] * len(book)), SEP,
-                  Trained(english) if options.english_loss else english,
-                  Answer(solve(raw)[0], ORDERS.index(lang["order"]))]
-        used = len(book) + 1 + len(english.split()) + len(solve(raw)[0].split())
-        assert used == length + 1, "every example has the same layout"
-        examples.append(make_example([" ".join([PAD] * (length + 1 - used)), *pieces], raw, VOCABULARY))
+        examples.append(_example(options, number, (rng.choice(ADJECTIVES[: options.adjectives]), subject,
+                                                   rng.choice(VERBS[: options.verbs]), obj)))
     return examples
+
+
+def sentences(options: Options) -> list[tuple[str, str, str, str]]:
+    """Every (adjective, subject, verb, object) of the world, in a fixed order: a benchmark splits this space
+    so that no test sentence is also a training sentence."""
+    return [(adjective, subject, verb, obj) for adjective in ADJECTIVES[: options.adjectives]
+            for subject in NOUNS[: options.nouns] for verb in VERBS[: options.verbs]
+            for obj in NOUNS[: options.nouns] if obj != subject]
+
+
+def render(options: Options, sentences_: list[tuple[str, str, str, str]]) -> list[Example]:
+    """One example per given sentence, in language `options.language` (options.languages is not used)."""
+    return [_example(options, options.language, tuple(sentence)) for sentence in sentences_]
+
+
+def _example(options: Options, number: int, sentence: tuple[str, str, str, str]) -> Example:
+    adjective, subject, verb, obj = sentence
+    if subject == obj or adjective not in ADJECTIVES[: options.adjectives] or verb not in VERBS[: options.verbs] \
+            or {subject, obj} - set(NOUNS[: options.nouns]):
+        raise ValueError(f"sentence {sentence} is not in this world (distinct nouns of the first {options.nouns}, "
+                         f"the first {options.verbs} verbs, the first {options.adjectives} adjectives)")
+    lang = language(number)
+    lang = {**lang, "lexicon": {c: lang["lexicon"][c] for c in options.concepts}}
+    raw = {**lang, "sentence": [adjective, subject, verb, obj]}
+    book = _book_words(lang, options)
+    english = f"the {adjective} {subject} {verb} the {obj} {GIVES}"
+    if options.named:
+        english = f"{name(lang['language'])} : {english}"
+    pieces = [" ".join(book) if options.context else " ".join([PAD] * len(book)), SEP,
+              Trained(english) if options.english_loss else english,
+              Answer(solve(raw)[0], ORDERS.index(lang["order"]))]
+    length = options.window
+    used = len(book) + 1 + len(english.split()) + len(solve(raw)[0].split())
+    assert used == length + 1, "every example has the same layout"
+    return make_example([" ".join([PAD] * (length + 1 - used)), *pieces], raw, VOCABULARY)

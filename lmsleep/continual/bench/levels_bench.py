@@ -5,7 +5,8 @@ of memory levels (1..4) and the slowest level's period vary.
 Periods (wake steps; `--wake` per language): level 1 is due once per language, each slower level half as
 often (sequential.periods_for); `--slowest` lists the factors the slowest level's period is multiplied by
 (×1: the default schedule, ×2: the slowest level updates half as often). Every configuration uses the
-same seeding learning rate (`--lr`, no tuning: the comparison is between schedules, not learning rates).
+same seeding learning rate (`--lr`, no tuning: the comparison is between schedules, not learning rates), so
+sequential's --systems, --grid, --validation and --fisher-rows are not offered here.
 """
 from __future__ import annotations
 
@@ -22,9 +23,9 @@ PERCENT = ("ACC", "forgetting", "BWT", "last")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sequential.add_arguments(parser)
+    sequential.add_world_arguments(parser)
     # A shorter sequence than sequential's default, so that 8 configurations × 3 seeds fit 10 minutes.
-    parser.set_defaults(systems="sleep-1", languages=3, steps=30)  # systems: unused (the configurations are)
+    parser.set_defaults(languages=3, steps=30)
     parser.add_argument("--levels", default="1,2,3,4", help="memory level counts to try (default 1,2,3,4)")
     parser.add_argument("--slowest", default="1,2", help="factors of the slowest level's period (default 1,2)")
     parser.add_argument("--lr", type=float, default=sequential.GRIDS["sleep"][0],
@@ -45,7 +46,7 @@ def _ints(flag: str, text: str, low: int, high: int) -> list[int]:
 
 def configurations(args) -> list[tuple[str, int, list[int]]]:
     """(name, levels, periods) per configuration; one level has no slower level, so ×f only rescales it."""
-    sequential.check(args)
+    sequential.check_world(args)
     validate.positive_number("--lr", args.lr)
     out = []
     for levels in _ints("--levels", args.levels, 1, 4):
@@ -66,8 +67,7 @@ def units(args) -> int:
 
 def run_seed(args, seed: int, tick) -> dict:
     model, report = sequential.base(args)
-    b = [sequential.accuracy(model, sequential.examples(j, args.test, 10**6 + seed * 1000 + j, 0))
-         for j in range(args.languages)]
+    b = sequential.closed_book_base(model, args, seed)
     out = {"systems": {}, "R": {}, "periods": {}, "lr": args.lr, "base": {"in_context": report["in_context"],
                                                           "closed_book": report["closed_book"]}, "b": b}
     for name, levels, periods in configurations(args):
@@ -105,5 +105,11 @@ def notes(summary: dict, per_seed: list[dict]) -> str:
     lines.append("Best accuracy reached on the earlier languages before the end (what there was to forget): "
                  + ", ".join(f"{k} {v:.1%}" for k, v in sorted(learnt.items())) + ".")
     lines.append(sequential.DIAGNOSIS)
-    lines.append(f"Seeding learning rate {per_seed[0].get('lr', '—')} for every configuration. " + sequential.settings_note())
+    lines.append(settings_note(per_seed[0].get("lr", "—")))
     return "\n\n".join(lines)
+
+
+def settings_note(lr) -> str:
+    return (f"Budget: every configuration consolidates each book with the same `--steps` seeding steps, at the "
+            f"same seeding learning rate {lr} (`--lr`; no tuning, no baselines: the comparison is between "
+            f"schedules). {sequential.sleep_note()} Periods as listed above. {sequential.data_note()}")

@@ -23,14 +23,19 @@ steps that consolidate the book); Sleep's upward consolidations are extra steps 
 "sleep_steps" and wall time). Each system's learning rate is chosen from a grid of the same size
 (`--grid`) by ACC on a validation sequence of other languages (`--validation` of 100, 101).
 
+Data: the world has 48 sentences; each language's are shuffled by (seed, language) and cut into `--test`
+test sentences and `--train` training sentences, so no test row is ever trained on (`split`).
+
 Default (`--seeds 3`, about 10 minutes on 2 cores once the base is cached; the base takes 10-15 minutes
-once): T = 4, 30 steps, grid 2, 1 validation language. Larger setting: `--languages 6 --steps 120 --grid 3
---validation 2 --test 256` (Sleep's consolidation reaches ~79% closed-book on one language at 120 steps).
+once): T = 4, 30 steps, grid 2, 1 validation language, 32 training and 16 test sentences per language.
+Larger setting: `--languages 6 --steps 120 --grid 3 --validation 2` (Sleep's consolidation reaches ~79%
+closed-book on one language at 120 steps; --train + --test cannot exceed the world's 48 sentences).
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import random
 import time
 from dataclasses import asdict, replace
 
@@ -44,6 +49,7 @@ from .. import metrics
 from ..baselines import EWC, fisher_diagonal, sft
 from ..base import pretrained
 from ..learner import ContinualLearner, LearnerConfig
+from .sequential_report import DIAGNOSIS, forgetting_verdict, peak, peaks, plot  # noqa: F401 (the interface)
 
 NAME = "sequential"
 HELP = "invented languages learned one after another, asked closed-book: R[i, j], ACC, BWT, FWT, forgetting"
@@ -81,6 +87,30 @@ def options(language: int, context: int) -> languages.Options:
 
 def examples(language: int, n: int, seed: int, context: int) -> dict:
     return batch(languages.generate(options(language, context), n, seed))
+
+
+def space() -> list[tuple[str, str, str, str]]:
+    """Every sentence of WORLD (48: 2 adjectives × 4·3 ordered noun pairs × 2 verbs)."""
+    return languages.sentences(options(0, 0))
+
+
+def split(language: int, seed: int, train: int, test: int) -> tuple[list, list]:
+    """(training sentences, test sentences) of `language`: the sentence space shuffled by (seed, language)
+    and cut in two, so that no test sentence is ever trained on (each set has no repeats)."""
+    sentences = space()
+    if train + test > len(sentences):
+        raise ValueError(f"--train {train} + --test {test} = {train + test} sentences, but a language of this world "
+                         f"has only {len(sentences)} distinct ones (test sentences must not be trained on)")
+    random.Random(f"split-{seed}-{language}").shuffle(sentences)
+    return sentences[test : test + train], sentences[:test]
+
+
+def language_sets(language: int, seed: int, train: int, test: int) -> dict:
+    """The language's training and test examples, closed-book and with its book in context."""
+    train_sentences, test_sentences = split(language, seed, train, test)
+    render = lambda sentences, context: batch(languages.render(options(language, context), sentences))
+    return {"train": render(train_sentences, 0), "in_context": render(train_sentences, 1),
+            "closed": render(test_sentences, 0), "test_in_context": render(test_sentences, 1)}
 
 
 def book_length() -> int:
@@ -254,13 +284,8 @@ def grid(name: str, size: int) -> list[float]:
 # ----- one sequence -----
 
 def sequence(system, langs: list[int], args, seed: int, tick=lambda n=1: None) -> dict:
-    """Learn `langs` in order; R[i][j] after each; test sets are held out from the training examples."""
-    sets = {}
-    for j in langs:
-        sets[j] = {"train": examples(j, args.train, seed * 1000 + j, 0),
-                   "in_context": examples(j, args.train, seed * 1000 + j, 1),
-                   "closed": examples(j, args.test, 10**6 + seed * 1000 + j, 0),
-                   "test_in_context": examples(j, args.test, 10**6 + seed * 1000 + j, 1)}
+    """Learn `langs` in order; R[i][j] after each; test sentences are never training sentences (split)."""
+    sets = {j: language_sets(j, seed, args.train, args.test) for j in langs}
     if isinstance(system, InContext):
         system.books = {j: sets[j]["test_in_context"] for j in langs}
     R = []
@@ -270,6 +295,11 @@ def sequence(system, langs: list[int], args, seed: int, tick=lambda n=1: None) -
         R.append([system.accuracy(j, sets[j]["closed"], sets[j]["test_in_context"]) for j in langs])
         tick()
     return {"R": R, "wall_s": round(time.perf_counter() - started, 1)}
+
+
+def closed_book_base(model: SleepLM, args, seed: int) -> list[float]:
+    """b_j: the base's closed-book accuracy on language j's test sentences (for FWT)."""
+    return [accuracy(model, language_sets(j, seed, args.train, args.test)["closed"]) for j in range(args.languages)]
 
 
 def summarise(R: list[list[float]], b: list[float]) -> dict:
@@ -304,26 +334,39 @@ def run_system(name: str, base_model: SleepLM, args, seed: int, b: list[float], 
 
 # ----- the benchmark interface -----
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_world_arguments(parser: argparse.ArgumentParser) -> None:
+    """The sequence, data and budget flags (shared with the `levels` benchmark)."""
     parser.add_argument("--languages", type=int, default=4, help="T, languages learned in order (default 4, at least 2)")
-    parser.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma-separated subset of {', '.join(SYSTEMS)}")
     parser.add_argument("--steps", type=int, default=30, help="update steps per language for every system (default 30)")
     parser.add_argument("--wake", type=int, default=4, help="Sleep's wake steps per language (default 4)")
     parser.add_argument("--batch", type=int, default=8, help="examples per fine-tuning step and per wake step (default 8)")
-    parser.add_argument("--train", type=int, default=64, help="training examples per language (default 64)")
-    parser.add_argument("--test", type=int, default=64, help="test examples per language (default 64)")
+    parser.add_argument("--train", type=int, default=32,
+                        help="training sentences per language (default 32; --train + --test at most 48, the world's sentences)")
+    parser.add_argument("--test", type=int, default=16, help="test sentences per language, none of them trained on (default 16)")
+    parser.add_argument("--base-steps", type=int, default=BASE_STEPS, help=f"base pretraining steps (default {BASE_STEPS})")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_world_arguments(parser)
+    parser.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma-separated subset of {', '.join(SYSTEMS)}")
     parser.add_argument("--grid", type=int, default=2, help="learning rates tried per system (1..3, default 2)")
     parser.add_argument("--validation", type=int, default=1,
                         help=f"languages in the tuning sequence (1 or 2: {VALIDATION}; default 1)")
     parser.add_argument("--fisher-rows", type=int, default=32, help="EWC: rows for the Fisher diagonal (default 32)")
-    parser.add_argument("--base-steps", type=int, default=BASE_STEPS, help=f"base pretraining steps (default {BASE_STEPS})")
+
+
+def check_world(args) -> None:
+    """add_world_arguments' flags, or a clear error naming the flag."""
+    validate.integer("--languages", args.languages, 2, 8)
+    for flag in ("steps", "wake", "batch", "train", "test"):
+        validate.positive_int(f"--{flag}", getattr(args, flag))
+    split(0, 0, args.train, args.test)  # room for disjoint training and test sentences
 
 
 def check(args) -> list[str]:
     """The chosen systems, or a clear error naming the flag."""
-    validate.integer("--languages", args.languages, 2, 8)
-    for flag in ("steps", "wake", "batch", "train", "test", "fisher_rows"):
-        validate.positive_int(f"--{flag.replace('_', '-')}", getattr(args, flag))
+    check_world(args)
+    validate.positive_int("--fisher-rows", args.fisher_rows)
     validate.integer("--grid", args.grid, 1, 3)
     validate.integer("--validation", args.validation, 1, len(VALIDATION))
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
@@ -368,79 +411,35 @@ def run_seed(args, seed: int, tick) -> dict:
     systems = check(args)
     model, report = base(args)
     gate = {"in_context": report["in_context"], "closed_book": report["closed_book"]}
-    b = [accuracy(model, examples(j, args.test, 10**6 + seed * 1000 + j, 0)) for j in range(args.languages)]
-    out = {"systems": {}, "R": {}, "tuning": {}, "base": gate, "b": b}
+    out = {"systems": {}, "R": {}, "tuning": {}, "base": gate, "b": closed_book_base(model, args, seed)}
     for name in systems:
-        result = run_system(name, model, args, seed, b, tick=tick)
+        result = run_system(name, model, args, seed, out["b"], tick=tick)
         out["systems"][name] = result["metrics"]
         out["R"][name], out["tuning"][name] = result["R"], result["tuning"]
     return out
 
 
-def plot(summary: dict, path, per_seed: list[dict], title: str = NAME) -> None:
-    """ACC and forgetting per system, mean ± std over seeds (dots: seeds)."""
-    import matplotlib
+def data_note() -> str:
+    return (f"Data: each language's test sentences are disjoint from its training sentences (the world's "
+            f"{len(space())} sentences shuffled per seed and language and cut in two: `--test` for testing, "
+            f"the next `--train` for training); every language is asked on the same test sentences after each "
+            f"language learnt.")
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    systems = list(summary)
-    fig, axes = plt.subplots(1, 2, figsize=(max(7.0, 1.3 * len(systems) + 3), 3.8))
-    for ax, metric in zip(axes, ("ACC", "forgetting")):
-        means = [100 * summary[s][metric]["mean"] for s in systems]
-        stds = [100 * summary[s][metric]["std"] for s in systems]
-        ax.bar(range(len(systems)), means, yerr=stds, capsize=3, color="#9ecae1", edgecolor="#3182bd")
-        for i, s in enumerate(systems):
-            values = [100 * v for v in summary[s][metric]["values"]]
-            ax.scatter([i] * len(values), values, s=10, color="#08519c", zorder=3)
-        ax.set_xticks(range(len(systems)), systems, rotation=30, ha="right")
-        ax.set_ylabel(f"{metric} (%)")
-        ax.set_title(f"{title}: {metric}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+def sleep_note() -> str:
+    return (f"Sleep: seeding {SEEDING} (α = 1: distillation only, no imitation RL, for compute), replay prompted "
+            f"by SEP, the student reads padding where the book was; the wake steps only sum gradients into the "
+            f"levels (SGD lr {WAKE_LR} at each level's period); each book's consolidation takes `--steps` seeding "
+            f"steps, and the upward consolidations are extra (column sleep_steps).")
 
 
 def settings_note() -> str:
     return (f"Budget: every system takes the same number of update steps on each new language (`--steps`: Adam "
             f"steps of fine-tuning, or the seeding steps that consolidate the book); Sleep's upward "
-            f"consolidations are extra (column sleep_steps), and its wake steps only sum gradients into the levels "
-            f"(SGD lr {WAKE_LR} at each level's period). Sleep: seeding {SEEDING} (α = 1: distillation only, "
-            f"no imitation RL, for compute), replay prompted by SEP, the student reads padding where the book was; "
-            f"level ℓ's period = wake × 2^(ℓ−1) (level 1 sends the previous book's expert up once per language). "
-            f"EWC λ = {EWC_LAMBDA}. Tuning: each system's learning rate from the first `--grid` points of its grid "
-            f"{GRIDS} by ACC on the first `--validation` languages of {VALIDATION} (never the test languages).")
-
-
-def peak(R: list[list[float]]) -> float:
-    """Mean over the tasks before the last of their best accuracy before the end: what there was to forget."""
-    T = len(R)
-    return sum(max(R[l][j] for l in range(T - 1)) for j in range(T - 1)) / (T - 1)
-
-
-def peaks(per_seed: list[dict]) -> dict[str, float]:
-    """peak(R) per system, mean over seeds (from the stored R matrices)."""
-    systems = {s for r in per_seed for s in r["R"]}
-    return {s: sum(peak(r["R"][s]) for r in per_seed if s in r["R"]) / sum(s in r["R"] for r in per_seed)
-            for s in systems}
-
-
-def forgetting_verdict(summary: dict, per_seed: list[dict], sleeps: list[str]) -> str:
-    """'Sleep at least halves the forgetting of plain fine-tuning', read beside what each had learnt (a system
-    that learns nothing forgets nothing) and the final accuracy."""
-    ft = summary["finetune"]
-    best = min(sleeps, key=lambda s: summary[s]["forgetting"]["mean"])
-    f_ft, f_s = ft["forgetting"]["mean"], summary[best]["forgetting"]["mean"]
-    learnt = peaks(per_seed)
-    halves = f_s <= f_ft / 2
-    useful = summary[best]["ACC"]["mean"] >= ft["ACC"]["mean"] and learnt[best] >= learnt["finetune"] / 2
-    verdict = ("holds" if halves and useful else
-               "holds only vacuously: it forgets less because it learnt little, and its ACC is not better"
-               if halves else "does not hold")
-    return (f"Claim 'Sleep at least halves the forgetting of plain fine-tuning': {verdict} here (forgetting: "
-            f"fine-tuning {f_ft:.1%}, {best} {f_s:.1%}; best accuracy reached on the earlier languages before the "
-            f"end: fine-tuning {learnt['finetune']:.1%}, {best} {learnt[best]:.1%}; ACC fine-tuning "
-            f"{ft['ACC']['mean']:.1%}, {best} {summary[best]['ACC']['mean']:.1%}).")
+            f"consolidations are extra. {sleep_note()} Level ℓ's period = wake × 2^(ℓ−1) (level 1 sends the "
+            f"previous book's expert up once per language). EWC λ = {EWC_LAMBDA}. Tuning: each system's learning "
+            f"rate from the first `--grid` points of its grid {GRIDS} by ACC on the first `--validation` languages "
+            f"of {VALIDATION} (never the test languages 0..T−1). {data_note()}")
 
 
 def notes(summary: dict, per_seed: list[dict]) -> str:
@@ -462,17 +461,6 @@ def notes(summary: dict, per_seed: list[dict]) -> str:
     lines.append(DIAGNOSIS)
     lines.append("R matrices per seed and system, chosen learning rates and tuning scores: seed-*.json.")
     return "\n\n".join(lines)
-
-
-DIAGNOSIS = (
-    "Why Sleep fails after the first language here (measured on seed 0, language 0 then 1, sleep-1, 120 "
-    "seeding steps at lr 3e-2): the first book's consolidation works (closed-book 76% on language 0), but the "
-    "new low-rank expert is always on (`expert_gating` \"sum\"), and it breaks reading: with it, in-context "
-    "accuracy on a new book falls from 100% to 19% (39% on language 0's own book). The teacher of the next "
-    "consolidation is that model reading the next book, so its replay is wrong; after language 1, language 1 "
-    "was 0% and language 0 6% closed-book. A gate that can switch an expert off (routing on the language's "
-    "name), or replay that also keeps in-context reading (the student distilled on teacher samples with a "
-    "book in context), are the next things to try.")
 
 
 def bases(args) -> dict:
