@@ -368,15 +368,17 @@ def notes(summary: dict, per_seed: list[dict]) -> str:
                      f"({'beats' if sleep > ft else 'does not beat'}), vs SEAL-style {seal:.1%} "
                      f"({'beats' if sleep > seal else 'does not beat'}), vs fine-tuning on restatements "
                      f"{acc.get('finetune+restatements', math.nan):.1%}.")
-        drops = {s: sleep - a for s, a in acc.items() if s.startswith("sleep − ")}
-        if drops:
-            worst = max(drops, key=drops.get)
-            lines.append("Ablations (accuracy lost against the full sleep): " + ", ".join(
-                f"{s[8:]} {d:+.1%}" for s, d in drops.items()) + f"; the largest loss: {worst[8:]}.")
+        changes = {s: a - sleep for s, a in acc.items() if s.startswith("sleep − ")}
+        if changes:
+            worst = min(changes, key=changes.get)
+            verdict = (f"removing {worst[8:]} hurts most" if changes[worst] < 0 else
+                       "no ablation lowers the mean accuracy of the full sleep")
+            lines.append("Ablations (accuracy without the part minus the full sleep's): " + ", ".join(
+                f"without {s[8:]} {d:+.1%}" for s, d in changes.items()) + f"; {verdict}.")
     return "\n\n".join(lines)
 
 
-SFT_NOTE = "--steps Adam steps on every parameter, the rate tuned on a 5-point grid"
+SFT_NOTE = "take --steps Adam steps (default 40) on every parameter, the rate tuned on a 5-point grid"
 GATE = 0.9
 
 
