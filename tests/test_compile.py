@@ -21,8 +21,9 @@ def fresh_compile_caches(tmp_path, monkeypatch):
     """Compile from scratch: inductor's on-disk caches do not key on a custom op's fake implementation, so a
     graph cached by an earlier version of the op (other saved-buffer sizes) would be replayed."""
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
-    monkeypatch.setattr(torch._inductor.config, "fx_graph_cache", False)
-    monkeypatch.setattr(torch._functorch.config, "enable_autograd_cache", False)
+    with torch._inductor.config.patch(force_disable_caches=True), \
+            torch._functorch.config.patch(enable_autograd_cache=False):
+        yield
 
 
 def _leaves(inputs, grad: bool):
