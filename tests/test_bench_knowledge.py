@@ -40,18 +40,21 @@ def test_the_runner_writes_results_plot_report_and_seed_files(tiny):
     assert "| sleep (2 levels) |" in report and "knowledge.png" in report and "lmsleep continual bench" in report
     assert open(f"{out}/knowledge.png", "rb").read(4) == b"\x89PNG"
     for seed in (0, 1):
-        assert json.loads(open(f"{out}/seed-{seed}.json").read())["seed"] == seed
+        seed_file = json.loads(open(f"{out}/seed-{seed}.json").read())
+        assert seed_file["seed"] == seed and seed_file["code"] == runner.code_version()  # which code computed it
     # the base row is the base: nothing learnt, nothing forgotten; in context is the ceiling
     base = saved["per_seed"][0]["systems"]["base"]
     assert base["forgetting"] == 0.0
 
 
-def test_a_rerun_skips_finished_seeds_and_reruns_changed_arguments(tiny, monkeypatch):
+def test_a_rerun_skips_finished_seeds_and_reruns_changed_arguments(tiny, monkeypatch, capsys):
     args, first = tiny
     calls = []
     original = knowledge.run_seed
     monkeypatch.setattr(knowledge, "run_seed", lambda a, seed, tick: calls.append(seed) or original(a, seed, tick))
+    monkeypatch.setattr(runner, "code_version", lambda: "other")
     again = runner.run(knowledge, args, argv=["knowledge"])
+    assert "computed by code" in capsys.readouterr().out  # reused, and said so
     assert calls == [] and runner.dumps(again["per_seed"]) == runner.dumps(first["per_seed"])
     changed = copy.copy(args)
     changed.seeds = [1]

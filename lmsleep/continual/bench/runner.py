@@ -142,6 +142,26 @@ def bar_plot(summary: dict, metrics: str | list[str], path: Path, title: str) ->
     plt.close(fig)
 
 
+def code_version() -> str:
+    """Which code computed a result: the git commit of the checkout lmsleep runs from (with "+changes" when its
+    files differ from it), else the package version."""
+    import subprocess
+
+    from ... import __version__
+
+    root = Path(__file__).resolve().parents[3]
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, timeout=10)
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "lmsleep"], capture_output=True,
+                               text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return __version__
+    if commit.returncode != 0:
+        return __version__
+    return commit.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
+
+
 def run(bench, args: argparse.Namespace, argv: list[str] | None = None) -> dict:
     """Run `bench` for every seed of args.seeds (skipping seeds whose file in args.out matches these
     arguments), then write results.json, the plot and report.md. Returns the results."""
@@ -156,7 +176,8 @@ def run(bench, args: argparse.Namespace, argv: list[str] | None = None) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     ident = identity(args)
-    done, todo, seconds = {}, [], {}
+    done, todo, seconds, codes = {}, [], {}, {}
+    code = code_version()
     for seed in args.seeds:
         path = out / f"seed-{seed}.json"
         if path.is_file():
@@ -166,6 +187,10 @@ def run(bench, args: argparse.Namespace, argv: list[str] | None = None) -> dict:
                 saved = None  # torn by a crash: run it again
             if saved is not None and saved.get("arguments") == ident:
                 done[seed], seconds[seed] = saved["result"], saved.get("seconds", float("nan"))
+                codes[seed] = saved.get("code", "unknown")
+                if codes[seed] != code:
+                    print(f"note: seed {seed} in {path} was computed by code {codes[seed]}, this is {code}; it is "
+                          "reused (delete the file to recompute it)")
                 continue
         todo.append(seed)
     each = bench.estimate(args)
@@ -177,15 +202,16 @@ def run(bench, args: argparse.Namespace, argv: list[str] | None = None) -> dict:
         for seed in todo:
             began = time.perf_counter()
             result = bench.run_seed(args, seed, lambda n=1: bar.update(n))
-            seconds[seed] = round(time.perf_counter() - began, 1)
-            write_text(out / f"seed-{seed}.json",
-                       dumps({"arguments": ident, "seed": seed, "seconds": seconds[seed], "result": result}))
+            seconds[seed], codes[seed] = round(time.perf_counter() - began, 1), code
+            write_text(out / f"seed-{seed}.json", dumps(
+                {"arguments": ident, "seed": seed, "seconds": seconds[seed], "code": code, "result": result}))
             done[seed] = result
     per_seed = [done[s] for s in args.seeds]
     summary = aggregate(per_seed)
     command = "lmsleep continual bench " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[3:]))
     results = {"benchmark": bench.NAME, "command": command, "arguments": ident, "seeds": list(args.seeds),
                "per_seed": per_seed, "summary": summary, "seconds_per_seed": [seconds[s] for s in args.seeds],
+               "code_per_seed": [codes[s] for s in args.seeds],
                "wall_s": round(time.perf_counter() - started, 1)}
     write_text(out / "results.json", dumps(results))
     plot_path = out / f"{bench.NAME}.png"
