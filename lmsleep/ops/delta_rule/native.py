@@ -48,16 +48,10 @@ class _NativeChunkGatedDeltaRule(torch.autograd.Function):
     def backward(ctx, grad_out, grad_final_state):
         scale, length, ranges, has_initial_state = ctx.config
         *inputs, saved_states, saved_u = ctx.saved_tensors
-        q, _, v, g, _ = inputs
-        grad_out = v.new_zeros(v.shape) if grad_out is None else grad_out.contiguous()
-        if grad_final_state is not None:
-            grad_final_state = grad_final_state.contiguous()
-        grads = [q.new_empty(q.shape), q.new_empty(q.shape), v.new_empty(v.shape), g.new_empty(g.shape),
-                 g.new_empty(g.shape)]
-        grad_initial = q.new_empty(q.shape[0], q.shape[2], q.shape[3], v.shape[3])
-        map_blocks(lambda pairs: library.backward_range(
-            inputs, saved_states, saved_u, grad_out, grad_final_state, grads, grad_initial, scale, length, pairs),
-            ranges, "cpu")
+        v = inputs[2]
+        grad_out = v.new_zeros(v.shape) if grad_out is None else grad_out
+        *grads, grad_initial = native_op.backward_blocks(inputs, saved_states, saved_u, grad_out, grad_final_state,
+                                                         scale, length, ranges)
         return (*grads, grad_initial if has_initial_state else None, None, None, None)
 
 

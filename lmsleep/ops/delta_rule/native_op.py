@@ -91,7 +91,15 @@ def gated_delta_rule_native_backward(
     scale: float, length: int, threads: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients of (q, k, v, g, beta, initial state) from those of out and the final state (None: zeros)."""
-    inputs = _layout(q, k, v, g, beta)
+    return backward_blocks(_layout(q, k, v, g, beta), saved_states, saved_u, grad_out, grad_final_state, scale,
+                           length, _ranges(q.shape[0] * q.shape[2], threads))
+
+
+def backward_blocks(inputs, saved_states, saved_u, grad_out, grad_final_state, scale: float, length: int,
+                    ranges: list[slice]) -> tuple:
+    """The C backward over the (batch row, head) `ranges` (laid-out inputs q, k, v, g, beta): gradients of q, k,
+    v, g, beta and the initial state. Shared by this op and the eager autograd Function (native.py)."""
+    q, _, v, g, _ = inputs
     grad_out = grad_out.contiguous()
     if grad_final_state is not None:
         grad_final_state = grad_final_state.contiguous()
@@ -100,7 +108,7 @@ def gated_delta_rule_native_backward(
     grad_initial = q.new_empty(q.shape[0], q.shape[2], q.shape[3], v.shape[3])
     map_blocks(lambda pairs: library.backward_range(
         inputs, saved_states, saved_u, grad_out, grad_final_state, grads, grad_initial, scale, length, pairs),
-        _ranges(q.shape[0] * q.shape[2], threads), "cpu")
+        ranges, "cpu")
     return (*grads, grad_initial)
 
 
