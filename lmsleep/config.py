@@ -24,7 +24,8 @@ class SleepConfig:
     vocabulary: the identity of the vocabulary the token ids belong to ("chars": the tasks' characters).
     memory_levels: 0 for SwiGLU MLPs, or k ≥ 1 memory levels in every block's MLP slot (paper 2,
     layers.levels), each with `level_experts` base experts (routed top-1 when more than one), a pool of
-    `expert_pool` low-rank experts of rank `expert_rank`, gated by `expert_gating` ("sum" or "softmax").
+    `expert_pool` low-rank experts of rank `expert_rank`, gated by `expert_gating` ("sigmoid": a gate per expert that
+    starts closed, the default; "sum" or "softmax" as ablations).
     """
 
     vocab_size: int = 32
@@ -50,7 +51,7 @@ class SleepConfig:
     level_experts: int = 1
     expert_rank: int = 4
     expert_pool: int = 4
-    expert_gating: str = "sum"
+    expert_gating: str = "sigmoid"
 
     def __post_init__(self) -> None:
         validate.check_types(self)

@@ -75,11 +75,12 @@ def save_tensors(path, tensors: dict[str, torch.Tensor], format: str, version: i
         save_file(tensors, tmp, metadata=metadata)
 
 
-def load_tensors(path, format: str, version: int, what: str,
-                 unchecked: tuple[int, ...] = ()) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def load_tensors(path, format: str, version: int, what: str, unchecked: tuple[int, ...] = (),
+                 retired: dict[int, str] | None = None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Read a file written by `save_tensors` with this `format` at `version` (or at one of the `unchecked`
     versions, written before files carried a checksum). A missing file raises FileNotFoundError; a
-    truncated, corrupt, foreign or unreadable one ValueError naming `what` and the file."""
+    truncated, corrupt, foreign or unreadable one ValueError naming `what` and the file; a `retired`
+    version, ValueError with the reason it is no longer read."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what} file not found: {path}")
@@ -100,6 +101,9 @@ def load_tensors(path, format: str, version: int, what: str,
     if int(found) > version:
         raise ValueError(f"{what} file {path} has format version {found}, written by a newer lmsleep; "
                          f"this one reads version {version}")
+    if int(found) in (retired or {}):
+        raise ValueError(f"{what} file {path} has format version {found}, which this lmsleep no longer reads: "
+                         f"{retired[int(found)]}")
     if int(found) != version and int(found) not in unchecked:
         raise ValueError(f"{what} file {path} has format version {found}, which this lmsleep no longer reads "
                          f"(it reads {sorted({version, *unchecked})})")

@@ -212,3 +212,13 @@ class SleepStream:
             return model.blocks[index].memory_type.from_tensors(own)
         except TypeError as error:
             raise ValueError(f"memory state entry {head}* does not fit block {index}: {error}") from None
+
+
+def sample(model, prompts: torch.Tensor, length: int, temperature: float, seed: int,
+           context: torch.Tensor | None = None) -> torch.Tensor:
+    """Sequences [n, prompt + length] sampled from `model` (a batched, seeded SleepStream) after it reads
+    `context` [n, c] (not returned): the one sampler of replay, dreams and restatements."""
+    stream = SleepStream(model, batch_size=prompts.shape[0])
+    if context is not None:
+        stream.feed(context)
+    return torch.cat([prompts, stream.generate(prompts, length, temperature=temperature, seed=seed)], dim=1)

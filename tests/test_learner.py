@@ -111,9 +111,9 @@ def test_dreaming_after_consolidation_is_logged_and_the_generator_is_saved(tmp_p
     learner.read(context)
     flip = iter([0.0, 1.0, 0.0])  # τ: the model scores 0, the first kept copy 1 (rewarded), the other 0
 
-    record = learner.dream(context, lambda m: next(flip))
+    record = learner.dream(lambda m: next(flip))
     assert record["rewards"] == [[1, 0]] and record["generator_trained_on"] == [1]
-    assert len(record["woke_on_dreams"]) == 1 and learner.updates.step == 1
+    assert record["learnt"]["into"] == "wake" and len(record["learnt"]["losses"]) == 1 and learner.updates.step == 1
     triggers = [r["sleep"]["trigger"] for r in RunDirectory(tmp_path / "run").records()]
     assert triggers == ["context reset", "dreaming"]  # consolidation before dreaming
     assert learner.dream_generator is not None

@@ -29,6 +29,7 @@ WORLD = facts.Options(entities=1, attributes=3, values=8, questions=3, pool=1, a
 MODEL = {"layout": "AA", "eviction": "none", "d_model": 64, "memory_levels": 2, "expert_pool": 4,
          "expert_rank": 8}
 BASE_STEPS = 900
+UNRELATED = facts.VOCABULARY.encode(facts.PAD)  # unrelated replay: the base's own passages and questions
 SEEDING = {"steps": 80, "batch_size": 8, "sample_length": 24, "lr": 1e-2, "group_size": 4}
 DREAMING = {"dreams": 8, "dream_length": 20, "keep_top": 2, "keep_random": 1, "rank": 4, "steps": 10,
             "lr": 1e-2, "generator_steps": 5}
@@ -87,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     sep = facts.VOCABULARY.encode(facts.SEP)
     pad = facts.VOCABULARY.encode(facts.PAD)[0]
     config = LearnerConfig(periods=[8, 16], lr=1e-2, seeding=SEEDING, dreaming=DREAMING, prompt=sep, blank=pad,
-                           seed=args.seed)
+                           unrelated=UNRELATED, seed=args.seed)
     learner = ContinualLearner(model, config, args.out, judge=_judge(), progress=True)
     learner.read(passage)
     others = [torch.tensor([facts.passage_tokens(facts.world(20_000 + i, 1, WORLD))]) for i in range(3)]
@@ -95,9 +96,8 @@ def run(args: argparse.Namespace) -> int:
         learner.wake(tokens)
     print(f"  awake: read the passage and took {learner.updates.step} wake steps (level 1 sums its gradients; "
           f"it would apply them every {config.periods[0]} steps, level 2 every {config.periods[1]})")
-    dream_context = torch.cat([passage, torch.tensor([sep])], dim=1)
-    dreamt = learner.dream(dream_context, lambda m: closed_book(m, raw))
-    consolidation = next(r["sleep"] for r in learner.run.records() if r["sleep"]["trigger"] == "context reset")
+    slept = learner.sleep(lambda m: closed_book(m, raw))  # consolidate the passage, then dream about it
+    consolidation, dreamt = slept["consolidation"], slept["dreaming"]
     after = closed_book(model, raw)
     slots = sorted({slot for _, slot in consolidation["unlocked"]})
     print(f"  asleep, stage 1 (knowledge seeding): unlocked low-rank expert {slots} of level 1 in each of the "
@@ -109,7 +109,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"  asleep, stage 2 (dreaming): {dreamt['dreams']} dreams, kept {len(kept)} (top by gradient importance "
           f"+ random), {sum(rewards)} rewarded (their copy beat the model's closed-book "
           f"{dreamt['measure_before'][0]:.0%}: {', '.join(f'{m:.0%}' for m in dreamt['measures_of_kept'][0])}); "
-          f"woke on {len(dreamt.get('woke_on_dreams', []))} ({dreamt['wall_s']:.1f} s)")
+          f"woke on {dreamt['learnt']['dreams']} ({dreamt['wall_s']:.1f} s)")
+    print(f"  the new expert opens on {consolidation['opens_on_content']:.0%} of the replayed passage's tokens and on "
+          f"{consolidation['opens_on_unrelated']:.0%} of unrelated reading (its gate starts closed)")
     print(f"  closed-book accuracy on the passage's questions: {before:.0%} before the sleep, {after:.0%} after")
     for question, answer, truth in answers(model, raw, context=False):
         print(f"    {question} -> {answer} ({'right' if answer == truth else 'wrong; the passage says ' + truth})")

@@ -28,13 +28,16 @@ from .seeding import sample
 from .selection import importance, select
 
 REWARD_MODES = ("every", "best")
+SELECTIONS = ("importance", "random")
 
 
 @dataclass(frozen=True)
 class DreamingConfig:
     """dreams m of dream_length tokens (temperature); keep_top k + keep_random b; LoRA rank / alpha, steps and
     lr of each kept dream's isolated fine-tune; reward_mode "every" or "best"; ReST-EM rounds (generator
-    fine-tunes of generator_steps); random_expert: one random extra expert per router while dreaming."""
+    fine-tunes of generator_steps); random_expert: one random extra expert per router while dreaming;
+    selection: keep the top k by gradient importance + b at random ("importance"), or k + b at random
+    ("random", the ablation without gradient selection)."""
 
     dreams: int = 8
     dream_length: int = 24
@@ -49,6 +52,7 @@ class DreamingConfig:
     rounds: int = 1
     generator_steps: int = 10
     random_expert: bool = True
+    selection: str = "importance"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -62,6 +66,7 @@ class DreamingConfig:
         for name in ("temperature", "alpha", "lr"):
             validate.positive_number(f"DreamingConfig.{name}", getattr(self, name))
         validate.one_of("DreamingConfig.reward_mode", self.reward_mode, REWARD_MODES)
+        validate.one_of("DreamingConfig.selection", self.selection, SELECTIONS)
         validate.integer("DreamingConfig.seed", self.seed)
 
 
@@ -124,7 +129,7 @@ def rewards_for(measures: list[float], before: float, mode: str) -> list[int]:
     return [int(i == best) for i in range(len(measures))]
 
 
-def rest_em_data(context: torch.Tensor, dreams: torch.Tensor, rewards: list[int]):
+def rest_em_data(context: torch.Tensor, dreams: torch.Tensor, rewards: list[int]):  # one context's pairs
     """ReST-EM's training set: the (C, dream) pairs with reward 1 only, the loss on the dream tokens."""
     chosen = [i for i, r in enumerate(rewards) if r]
     if not chosen:
@@ -148,8 +153,13 @@ def propose(model: SleepLM, context: torch.Tensor, cfg: DreamingConfig, seed: in
     _check_context(model, context, prefix)
     dreams = sample_dreams(model, context, cfg, seed, generator)
     datasets = dream_datasets(dreams, prefix)
-    scores = importance(model, datasets, sft_data(context), rank=cfg.rank, alpha=cfg.alpha, seed=seed)
-    kept = select(scores, cfg.keep_top, cfg.keep_random, torch.Generator().manual_seed(seed)).tolist()
+    keep = min(cfg.keep_top + cfg.keep_random, cfg.dreams)
+    if cfg.selection == "random":  # no scores are computed: every dream is equally likely to be kept
+        scores = torch.zeros(cfg.dreams)
+        kept = select(scores, 0, keep, torch.Generator().manual_seed(seed)).tolist()
+    else:
+        scores = importance(model, datasets, sft_data(context), rank=cfg.rank, alpha=cfg.alpha, seed=seed)
+        kept = select(scores, cfg.keep_top, cfg.keep_random, torch.Generator().manual_seed(seed)).tolist()
     return dreams, datasets, scores, kept
 
 
@@ -190,19 +200,56 @@ def dream(model: SleepLM, context: torch.Tensor, measure: Callable[[SleepLM], fl
     _check_context(model, context, prefix)
     if not callable(measure):
         raise TypeError(f"measure must be a callable model -> float, got {type(measure).__name__}")
-    report = DreamReport(generator=generator)
+    generator, rounds = rest_em(model, [Task(context, measure, prefix)], cfg, generator)
+    return DreamReport(rounds=rounds, generator=generator)
+
+def left_padded(sequences: list[torch.Tensor], scored_from: list[int], pad: int):
+    """Next-token data (tokens, targets, loss_mask) from rows of different lengths: each left-padded with
+    `pad` to the longest, its loss from position scored_from[i] of the row on."""
+    width = max(s.numel() for s in sequences)
+    tokens = torch.full((len(sequences), width), pad, dtype=torch.long)
+    mask = torch.zeros(len(sequences), width - 1, dtype=torch.long)
+    for i, (sequence, start) in enumerate(zip(sequences, scored_from)):
+        offset = width - sequence.numel()
+        tokens[i, offset:] = sequence
+        mask[i, offset + max(start, 1) - 1 :] = 1
+    return tokens[:, :-1], tokens[:, 1:], mask
+
+
+@dataclass(frozen=True)
+class Task:
+    """One context the dream generator learns from: C [1, c], its measure τ, the prefix dreams are learnt
+    after (None: the dream alone)."""
+
+    context: torch.Tensor
+    measure: Callable[[SleepLM], float]
+    prefix: torch.Tensor | None = None
+
+
+def rest_em(model: SleepLM, tasks: list[Task], cfg: DreamingConfig, generator: LoRAAdapters | None = None,
+            *, pad: int = 0) -> tuple[LoRAAdapters | None, list[DreamRound]]:
+    """ReST-EM over several contexts (SEAL's protocol): each round, a reward round per task, then one
+    fine-tune of a fresh generator adapter on the rewarded (C, dream) pairs of all tasks, left-padded with
+    `pad` to one length. The model never changes. Returns (the generator, None if never rewarded; the rounds)."""
+    rounds = []
     was_training = model.training
     model.eval()
     try:
         for round_ in range(cfg.rounds):
-            seed = cfg.seed * 1_000_003 + round_
-            result = reward_round(model, context, measure, cfg, seed, report.generator, prefix)
-            data = rest_em_data(context, torch.tensor(result.dreams)[result.kept], result.rewards)
-            if data is not None and cfg.generator_steps:
-                report.generator = finetune(model, [data], rank=cfg.rank, alpha=cfg.alpha,
-                                            steps=cfg.generator_steps, lr=cfg.lr, seed=seed + 1).adapters
-            result.generator_trained_on = 0 if data is None else data[0].shape[0]
-            report.rounds.append(result)
+            pairs, starts = [], []
+            for i, task in enumerate(tasks):
+                seed = (cfg.seed * 1_000_003 + round_) * 1_009 + i
+                result = reward_round(model, task.context, task.measure, cfg, seed, generator, task.prefix)
+                for index, rewarded in zip(result.kept, result.rewards):
+                    if rewarded:
+                        pairs.append(torch.cat([task.context[0], torch.tensor(result.dreams[index])]))
+                        starts.append(task.context.shape[1])
+                rounds.append(result)
+            if pairs and cfg.generator_steps:
+                generator = finetune(model, [left_padded(pairs, starts, pad)], rank=cfg.rank, alpha=cfg.alpha,
+                                     steps=cfg.generator_steps, lr=cfg.lr, seed=cfg.seed * 1_000_003 + round_).adapters
+            if rounds:
+                rounds[-1].generator_trained_on = len(pairs)
     finally:
         model.train(was_training)
-    return report
+    return generator, rounds

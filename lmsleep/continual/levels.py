@@ -83,20 +83,13 @@ class LevelUpdates:
         optimizer.step()
         optimizer.zero_grad(set_to_none=False)
         for module in level_modules(self.model, level):
-            self.keep_masked(module, optimizer)
+            module.keep_masked(optimizer)
 
-    @staticmethod
-    @torch.no_grad()
-    def keep_masked(module: MemoryLevel, optimizer: torch.optim.Optimizer | None = None) -> None:
-        """Masked expert slots stay exactly zero, and an optimizer keeps no state for them (Adam's
-        moments would otherwise move a pruned slot)."""
-        masked = ~module.active
-        for p in (module.A, module.B, module.pool_router):
-            p[masked] = 0
-            if optimizer is not None:
-                for value in optimizer.state.get(p, {}).values():
-                    if isinstance(value, torch.Tensor) and value.shape == p.shape:
-                        value[masked] = 0
+    def forget_pool_state(self, level: int) -> None:
+        """After slots of `level` were pruned or freed: no optimizer moment may move them again."""
+        optimizer = self.optimizers[level] if level < len(self.optimizers) else None
+        for module in level_modules(self.model, level):
+            module.keep_masked(optimizer)
 
     def clear(self, level: int) -> None:
         """Drop level ℓ's running sum without applying it."""

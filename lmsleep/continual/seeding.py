@@ -6,6 +6,9 @@
     replay   = sequences sampled from the teacher (never wake data); student samples too      (step 3)
     loss     = α · [(1−λ)·F over teacher samples + λ·F over student samples]                 (steps 4, 6)
              + (1−α) · REINFORCE(r = γ·r_sem + (1−γ)·r_abs) of student completions of teacher prefixes (5)
+             + μ · F over unrelated replay: sequences the teacher samples from `unrelated` prompts with no
+               context, read by teacher and student alike, so the new expert learns to stay closed on
+               reading it was not consolidated from (the off path; spec Decision "revised after measuring")
     only the new expert's parameters move; sampling carries no gradient.
 
 `consolidate` runs steps 3–6 on a student whose new expert is already unlocked; `snapshot` and
@@ -20,12 +23,12 @@ from dataclasses import dataclass
 import torch
 
 from .. import validate
-from ..layers.levels import MemoryLevel
+from ..layers.levels import OPEN, MemoryLevel
 from ..model import SleepLM
-from ..stream import SleepStream
+from ..stream import SleepStream, sample
 from .baselines import as_data
 from .divergence import generalized_jsd
-from .levels import LevelUpdates, level_modules
+from .levels import level_modules
 from .rewards import ExactJudge, reinforce_loss, reward
 
 NewExpert = list[tuple[MemoryLevel, int | None]]  # (level module, slot) in every block; None: no expansion
@@ -35,7 +38,8 @@ NewExpert = list[tuple[MemoryLevel, int | None]]  # (level module, slot) in ever
 class SeedingConfig:
     """steps of Adam (lr) on the new expert; per step `batch_size` teacher and student samples of
     `sample_length` tokens (temperature); λ (lam), β (beta: 0 forward KL, 1 reverse KL), α, γ, z0 (None:
-    half the reference length) and G (group_size) completions per prefix as in the spec."""
+    half the reference length) and G (group_size) completions per prefix as in the spec; μ (unrelated) the
+    weight of the off-path term on `unrelated_length` tokens of unrelated replay (None: sample_length)."""
 
     steps: int = 40
     lr: float = 3e-3
@@ -48,6 +52,8 @@ class SeedingConfig:
     gamma: float = 0.5
     z0: float | None = None
     group_size: int = 4
+    unrelated: float = 1.0
+    unrelated_length: int | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -61,6 +67,9 @@ class SeedingConfig:
             validate.number(f"SeedingConfig.{name}", getattr(self, name), 0, 1)
         if self.z0 is not None:
             validate.number("SeedingConfig.z0", self.z0, 0)
+        validate.number("SeedingConfig.unrelated", self.unrelated, 0)
+        if self.unrelated_length is not None:
+            validate.positive_int("SeedingConfig.unrelated_length", self.unrelated_length)
 
 
 @dataclass
@@ -70,6 +79,8 @@ class SeedingReport:
     reward_before: float
     reward_after: float
     losses: list[float]
+    opens_on_content: float | None = None  # share of content tokens (student layout) the new expert opens on
+    opens_on_unrelated: float | None = None  # share of unrelated replay tokens it opens on (None: no such replay)
 
 
 def snapshot(model: SleepLM) -> SleepLM:
@@ -81,9 +92,10 @@ def snapshot(model: SleepLM) -> SleepLM:
 
 
 def prepare_student(model: SleepLM, sending: int | None, receiving: int,
-                    generator: torch.Generator | None = None) -> tuple[NewExpert, list[tuple[int, int]]]:
+                    generator: torch.Generator | None = None, *, expand: bool = True) -> tuple[NewExpert, list[tuple[int, int]]]:
     """Steps 2 and 7: prune the sending level's experts (None: the context sends, nothing to prune) and
-    unlock one new expert in the receiving level of every block. Returns (the new expert, the pruned
+    unlock one new expert in the receiving level of every block (expand False, the "no expansion" ablation:
+    the receiving level's base experts are the target instead). Returns (the target, the pruned
     (block, slot) pairs)."""
     pruned = []
     if sending is not None:
@@ -91,6 +103,8 @@ def prepare_student(model: SleepLM, sending: int | None, receiving: int,
             for slot in module.active_slots():
                 module.reset(slot)
                 pruned.append((block, slot))
+    if not expand:
+        return existing_experts(model, receiving), pruned
     new = [(module, module.unlock(generator)) for module in level_modules(model, receiving)]
     return new, pruned
 
@@ -98,12 +112,11 @@ def prepare_student(model: SleepLM, sending: int | None, receiving: int,
 # ----- which parameters a sleep trains -----
 
 def trainable_parameters(new_expert: NewExpert) -> list[torch.Tensor]:
-    """The tensors holding the new expert of every block (A, B, pool router: only its rows will move).
+    """The tensors holding the new expert of every block (the pool tensors: only its rows will move).
     A slot of None means "no expansion" (an ablation): the level's existing base experts train instead."""
     params = []
     for module, slot in new_expert:
-        params += [p for base in module.base for p in base.parameters()] if slot is None else \
-            [module.A, module.B, module.pool_router]
+        params += [p for base in module.base for p in base.parameters()] if slot is None else list(module.pool_tensors)
     return params
 
 
@@ -120,16 +133,9 @@ def freeze_all_but(model: SleepLM, new_expert: NewExpert) -> dict:
 
 
 def keep_only_new_expert_gradients(new_expert: NewExpert) -> None:
-    """Zero the gradient of every row but the new expert's slot (the other slots share its tensors)."""
     for module, slot in new_expert:
-        if slot is None:
-            continue
-        for p in (module.A, module.B, module.pool_router):
-            if p.grad is None:  # the router of "sum" gating is unused
-                continue
-            keep = p.grad[slot].clone()
-            p.grad.zero_()
-            p.grad[slot] = keep
+        if slot is not None:
+            module.keep_only_gradient_of(slot)
 
 
 def restore(saved: dict, new_expert: NewExpert) -> None:
@@ -137,7 +143,7 @@ def restore(saved: dict, new_expert: NewExpert) -> None:
         p.requires_grad_(requires_grad)
         p.grad = grad
     for module, _ in new_expert:
-        LevelUpdates.keep_masked(module)
+        module.keep_masked()
 
 
 def existing_experts(model: SleepLM, receiving: int) -> NewExpert:
@@ -174,15 +180,6 @@ def train_expert(model: SleepLM, new_expert: NewExpert, data, *, steps: int, lr:
     return losses
 
 # ----- replay -----
-
-def sample(model: SleepLM, prompts: torch.Tensor, length: int, temperature: float, seed: int,
-           context: torch.Tensor | None = None) -> torch.Tensor:
-    """Sequences [n, prompt + length] sampled from `model` after reading `context` [n, c] (not returned)."""
-    stream = SleepStream(model, batch_size=prompts.shape[0])
-    if context is not None:
-        stream.feed(context)
-    return torch.cat([prompts, stream.generate(prompts, length, temperature=temperature, seed=seed)], dim=1)
-
 
 def _teacher_logits(teacher: SleepLM, sequences: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
     with torch.no_grad():
@@ -228,13 +225,15 @@ def _imitation(student, teacher_samples, blank, prompt_length: int, cfg: Seeding
 
 def consolidate(teacher: SleepLM, student: SleepLM, new_expert: NewExpert, prompts: torch.Tensor,
                 cfg: SeedingConfig = SeedingConfig(), *, context: torch.Tensor | None = None,
-                blank: torch.Tensor | None = None, judge=ExactJudge(), progress: bool = False) -> SeedingReport:
+                blank: torch.Tensor | None = None, judge=ExactJudge(), progress: bool = False,
+                unrelated: torch.Tensor | None = None) -> SeedingReport:
     """Steps 3–6: train the new expert of `student` (only it moves) to imitate `teacher`.
 
     prompts [n, p]: what samples start from (e.g. a start token; never wake data), repeated to batch_size.
     context [1 or batch, c]: what the teacher reads first and the student does not (context consolidation).
     blank [1 or batch, b]: what the student reads in its place (e.g. padding of the context's length, the
     layout a model saw when asked without a context); None: nothing. progress: a progress bar over the steps.
+    unrelated [1 or batch, u]: prompts of unrelated replay (the off-path term, weight cfg.unrelated; None: none).
     """
     if not new_expert:
         raise ValueError("consolidate needs the new expert's (level, slot) in every block")
@@ -245,12 +244,20 @@ def consolidate(teacher: SleepLM, student: SleepLM, new_expert: NewExpert, promp
         context = context.expand(cfg.batch_size, -1) if context.shape[0] == 1 else context
     if blank is not None:
         blank = blank.expand(cfg.batch_size, -1) if blank.shape[0] == 1 else blank
+    if unrelated is not None:
+        unrelated = unrelated.expand(cfg.batch_size, -1) if unrelated.shape[0] == 1 else unrelated
+        if unrelated.shape[0] != cfg.batch_size:
+            raise ValueError(f"unrelated must have 1 or batch_size = {cfg.batch_size} rows, got {unrelated.shape[0]}")
+    unrelated_length = cfg.unrelated_length or cfg.sample_length
+    use_unrelated = unrelated is not None and cfg.unrelated > 0
     prompt_length = prompts.shape[1]
     saved = freeze_all_but(student, new_expert)
     optimizer = torch.optim.Adam(trainable_parameters(new_expert), lr=cfg.lr)
     was_training = student.training
     student.eval()  # no dropout; the forward is deterministic
     held_out = sample(teacher, prompts, cfg.sample_length, cfg.temperature, cfg.seed + 1, context)
+    held_out_unrelated = None if unrelated is None else \
+        sample(teacher, unrelated, unrelated_length, cfg.temperature, cfg.seed + 3)
 
     def measure(step: int) -> tuple[float, float]:
         with torch.no_grad():
@@ -279,6 +286,10 @@ def consolidate(teacher: SleepLM, student: SleepLM, new_expert: NewExpert, promp
             if cfg.alpha < 1:
                 imitation, _ = _imitation(student, teacher_samples, blank, prompt_length, cfg, step, judge)
                 loss = loss + (1 - cfg.alpha) * imitation
+            if use_unrelated:
+                replay = sample(teacher, unrelated, unrelated_length, cfg.temperature, seed + 2)
+                loss = loss + cfg.unrelated * _divergence(student, teacher, replay, None, None, unrelated.shape[1],
+                                                          cfg.beta)
             optimizer.zero_grad(set_to_none=False)
             loss.backward()
             keep_only_new_expert_gradients(new_expert)
@@ -293,4 +304,26 @@ def consolidate(teacher: SleepLM, student: SleepLM, new_expert: NewExpert, promp
         restore(saved, new_expert)
         student.train(was_training)
     divergence_after, reward_after = measure(-1)
-    return SeedingReport(divergence_before, divergence_after, reward_before, reward_after, losses)
+    with torch.no_grad():
+        on_content = opening(student, new_expert, held_out if blank is None else torch.cat([blank, held_out], 1))
+        on_unrelated = None if held_out_unrelated is None else opening(student, new_expert, held_out_unrelated)
+    return SeedingReport(divergence_before, divergence_after, reward_before, reward_after, losses, on_content,
+                         on_unrelated)
+
+
+def opening(model: SleepLM, new_expert: NewExpert, tokens: torch.Tensor) -> float | None:
+    """The share of the tokens of `tokens` on which the new expert opens, averaged over blocks (None when
+    nothing was unlocked: "no expansion")."""
+    shares = []
+    was_training = model.training
+    model.eval()
+    try:
+        model(tokens)
+    finally:
+        model.train(was_training)
+    for module, slot in new_expert:
+        if slot is None or module.last_gates is None:
+            continue
+        slots, gates = module.last_gates
+        shares.append(float((gates[..., slots.index(slot)] > OPEN).float().mean()))
+    return sum(shares) / len(shares) if shares else None

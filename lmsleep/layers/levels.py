@@ -14,8 +14,19 @@ each token to one random other base expert.
 Low-rank experts have static shapes: A [pool, r, d] and B [pool, d, r] are allocated up front and an
 `active` mask says which run. A masked expert is never computed, so it changes no output and receives no
 gradient. `unlock` draws A ~ N(0, 0.02²) and leaves B = 0 (unlocking changes no output); `reset` zeroes
-the slot and masks it again, restoring the masked state exactly. g_j = 1 ("sum", the default) or a
-softmax over the active experts' router logits ("softmax").
+the slot and masks it again, restoring the masked state exactly.
+
+Gates g_j (spec Decision, "revised after measuring": experts need an off path):
+    "sigmoid" (default)  g_j(x) = σ(r_j · x − CLOSED_OFFSET): each expert has its own gate, closed
+                         (σ(−4) ≈ 0.02) until seeding trains r_j to open it on the content it consolidates;
+                         it stays closed on inputs it was not trained to open on
+    "sum"                g_j = 1: every active expert adds its output to every token (ablation)
+    "softmax"            a softmax over the active experts' logits r_j · x: sums to 1, never all off (ablation)
+An expert "opens" on a token when g_j > 0.5 (`last_gates` keeps the gates of the last call).
+
+While `dreaming` (a generator), every router additionally runs one random expert per token: one of the
+other base experts or one of the active low-rank experts (forced open, g_j = 1), so that this works with
+one base expert per level (the default): the pool takes part. `last_routed` / `last_gates` say what ran.
 """
 from __future__ import annotations
 
@@ -25,8 +36,10 @@ from torch import nn
 
 from .mlp import SwiGLU
 
-GATINGS = ("sum", "softmax")
+GATINGS = ("sigmoid", "sum", "softmax")
 INIT_STD = 0.02  # A's initialisation when unlocked (spec Decision)
+CLOSED_OFFSET = 4.0  # a sigmoid gate starts at σ(−4) ≈ 0.018: closed
+OPEN = 0.5  # a gate above this is open
 
 
 class ExpertPoolExhausted(ValueError):
@@ -35,7 +48,7 @@ class ExpertPoolExhausted(ValueError):
 
 class MemoryLevel(nn.Module):
     def __init__(self, d_model: int, hidden: int, *, base_experts: int = 1, rank: int = 4, pool: int = 4,
-                 gating: str = "sum"):
+                 gating: str = "sigmoid"):
         super().__init__()
         if gating not in GATINGS:
             raise ValueError(f"gating must be one of {GATINGS}, got {gating!r}")
@@ -44,7 +57,7 @@ class MemoryLevel(nn.Module):
         # Not nn.Linear, so the model's weight initialisation leaves them at zero: the masked state.
         self.A = nn.Parameter(torch.zeros(pool, rank, d_model))
         self.B = nn.Parameter(torch.zeros(pool, d_model, rank))
-        self.pool_router = nn.Parameter(torch.zeros(pool, d_model))  # logits of the low-rank experts ("softmax")
+        self.pool_router = nn.Parameter(torch.zeros(pool, d_model))  # gate weights r_j of the low-rank experts
         self.register_buffer("active", torch.zeros(pool, dtype=torch.bool))
         # Routers and low-rank factors are not hidden matrices for Muon (SleepLM.optimizer_groups reads this).
         for p in (self.A, self.B, self.pool_router, *([self.router.weight] if self.router is not None else [])):
@@ -52,6 +65,7 @@ class MemoryLevel(nn.Module):
         self.gating = gating
         self.dreaming: torch.Generator | None = None  # set (to a generator) while dreaming
         self.last_routed: torch.Tensor | None = None  # [..., base experts]: which ran per token, last call
+        self.last_gates: tuple[list[int], torch.Tensor] | None = None  # (active slots, g [..., slots]), last call
 
     # ----- the expert pool -----
 
@@ -93,43 +107,106 @@ class MemoryLevel(nn.Module):
         self.active[slot] = False
 
     def expert_parameters(self, slot: int) -> list[torch.Tensor]:
-        """Views of one low-rank expert's parameters (A_j, B_j and its router logit row)."""
+        """Views of one low-rank expert's parameters (A_j, B_j and its gate row r_j)."""
         return [self.A[slot], self.B[slot], self.pool_router[slot]]
+
+    @property
+    def pool_tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The tensors every low-rank expert has one row of (A, B, the gate weights)."""
+        return self.A, self.B, self.pool_router
+
+    @torch.no_grad()
+    def keep_only_gradient_of(self, slot: int) -> None:
+        """Zero the gradient of every pool row but `slot`'s (the slots share their tensors), so that an
+        optimizer over the pool tensors moves one expert only."""
+        for p in self.pool_tensors:
+            if p.grad is not None:
+                keep = p.grad[slot].clone()
+                p.grad.zero_()
+                p.grad[slot] = keep
+
+    @torch.no_grad()
+    def keep_masked(self, optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Masked slots stay exactly zero, and `optimizer` keeps no state for them (Adam's moments would
+        otherwise move a pruned slot)."""
+        masked = ~self.active
+        for p in self.pool_tensors:
+            p[masked] = 0
+            if optimizer is not None:
+                for value in optimizer.state.get(p, {}).values():
+                    if isinstance(value, torch.Tensor) and value.shape == p.shape:
+                        value[masked] = 0
+
+    @torch.no_grad()
+    def opening(self, x: torch.Tensor) -> dict[int, float]:
+        """{slot: share of the tokens of x [..., d] on which active expert `slot` opens (g_j > 0.5)}."""
+        slots = self.active_slots()
+        if not slots:
+            return {}
+        gates = self._gates(x, torch.tensor(slots, device=x.device))
+        return {slot: float((gates[..., i] > OPEN).float().mean()) for i, slot in enumerate(slots)}
 
     # ----- forward -----
 
-    def _base(self, x: torch.Tensor) -> torch.Tensor:
-        if self.router is None:
-            self.last_routed = torch.ones(*x.shape[:-1], 1, dtype=torch.bool)
-            return self.base[0](x)
-        probs = self.router(x).softmax(-1)  # [..., experts]
-        experts = probs.shape[-1]
-        chosen = probs.argmax(-1, keepdim=True)
-        routed = torch.zeros_like(probs, dtype=torch.bool).scatter(-1, chosen, True)
-        if self.dreaming is not None:  # per token, one random expert other than its routed one
-            offset = torch.randint(1, experts, chosen.shape, generator=self.dreaming).to(chosen.device)
-            routed = routed.scatter(-1, (chosen + offset) % experts, True)
-        self.last_routed = routed
+    def _mix(self, x: torch.Tensor, probs: torch.Tensor, routed: torch.Tensor) -> torch.Tensor:
         weights = probs * routed
         y = x.new_zeros(x.shape)
-        for e in range(experts):
+        for e in range(probs.shape[-1]):
             if bool(routed[..., e].any()):  # only experts some token uses are computed
                 y = y + weights[..., e : e + 1] * self.base[e](x)
         return y
 
+    def _gates(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """g [..., a] of the active slots `index` (see the module docstring)."""
+        if self.gating == "sum":
+            return x.new_ones(*x.shape[:-1], index.numel())
+        logits = x @ self.pool_router.index_select(0, index).t()
+        return logits.softmax(-1) if self.gating == "softmax" else torch.sigmoid(logits - CLOSED_OFFSET)
+
+    def _random_extra(self, x: torch.Tensor, slots: list[int]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """While dreaming: per token one random expert among the other base experts and the active low-rank
+        ones. Returns (extra base expert [..., experts] or None, forced low-rank slot [..., a] or None)."""
+        others = len(self.base) - 1
+        candidates = others + len(slots)
+        if candidates == 0:
+            return None, None
+        pick = torch.randint(0, candidates, x.shape[:-1], generator=self.dreaming).to(x.device)
+        extra_base = None
+        if others:
+            chosen = self.last_routed.float().argmax(-1)  # the routed base expert
+            other = (chosen + 1 + pick.clamp(max=others - 1)) % len(self.base)
+            extra_base = torch.zeros_like(self.last_routed).scatter(-1, other[..., None], True) & (pick < others)[..., None]
+        forced = None
+        if slots:
+            forced = torch.arange(len(slots), device=x.device) == (pick - others)[..., None]
+        return extra_base, forced
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self._base(x)
         slots = self.active_slots()
+        if self.router is None:
+            self.last_routed = torch.ones(*x.shape[:-1], 1, dtype=torch.bool)
+            y = self.base[0](x)
+            probs = None
+        else:
+            probs = self.router(x).softmax(-1)  # [..., experts]
+            self.last_routed = torch.zeros_like(probs, dtype=torch.bool).scatter(-1, probs.argmax(-1, keepdim=True), True)
+        extra_base, forced = self._random_extra(x, slots) if self.dreaming is not None else (None, None)
+        if probs is not None:
+            if extra_base is not None:
+                self.last_routed = self.last_routed | extra_base
+            y = self._mix(x, probs, self.last_routed)
         if not slots:
+            self.last_gates = None
             return y
         index = torch.tensor(slots, device=x.device)
         A, B = self.A.index_select(0, index), self.B.index_select(0, index)  # [a, r, d], [a, d, r]
         low_rank = torch.einsum("...d,ard->...ar", x, A)
         deltas = torch.einsum("...ar,adr->...ad", low_rank, B)  # [..., a, d]
-        if self.gating == "softmax":
-            gates = (x @ self.pool_router.index_select(0, index).t()).softmax(-1)  # [..., a]
-            return y + (gates[..., None] * deltas).sum(-2)
-        return y + deltas.sum(-2)
+        gates = self._gates(x, index)
+        if forced is not None:
+            gates = torch.where(forced, torch.ones_like(gates), gates)
+        self.last_gates = (slots, gates.detach())
+        return y + (gates[..., None] * deltas).sum(-2)
 
 
 class MemoryLevels(nn.Module):
