@@ -35,6 +35,21 @@ def check_periods(periods, levels: int) -> list[int]:
     return list(periods)
 
 
+def set_expert_gating(model: SleepLM, gating: str) -> SleepLM:
+    """Switch every level's expert gating (layers.levels.GATINGS) in place, config included: the weights do
+    not depend on it until a sleep trains an expert, so a base trained once serves every gating."""
+    from dataclasses import replace
+
+    from ..layers.levels import GATINGS
+
+    validate.one_of("expert_gating", gating, GATINGS)
+    model.config = replace(model.config, expert_gating=gating)
+    for module in model.modules():
+        if isinstance(module, MemoryLevel):
+            module.gating = gating
+    return model
+
+
 def level_modules(model: SleepLM, level: int) -> list[MemoryLevel]:
     """Level ℓ (0-based) of every block."""
     return [block.mlp.levels[level] for block in model.blocks]
