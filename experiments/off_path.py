@@ -27,6 +27,7 @@ parser.add_argument("--beta", type=float, default=None)
 parser.add_argument("--lam", type=float, default=None)
 parser.add_argument("--steps", type=int, default=40)
 parser.add_argument("--dream", type=int, default=1)
+parser.add_argument("--closed", type=int, default=1, help="closed-book replay (LearnerConfig.closed_book_replay)")
 args = parser.parse_args()
 torch.set_num_threads(1)
 started = time.process_time()
@@ -46,6 +47,7 @@ if args.lam is not None:
     seeding["lam"] = args.lam
 config = LearnerConfig(periods=[0, 0], seeding=seeding, dreaming=kb.DREAMING, prompt=[ks.SEP], blank=ks.PAD,
                        unrelated=[ks.PAD] if args.unrelated else None, learn_dreams="expert", dream=bool(args.dream),
+                       closed_book_replay=bool(args.closed),
                        dream_lr=1e-3, full_pool=args.full_pool, seed=args.seed)
 learner = ContinualLearner(model, config, judge=ks.JUDGE)
 probe = kb.probe(kb.PROBE_VALIDATION + args.seed)

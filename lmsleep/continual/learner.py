@@ -65,7 +65,9 @@ class LearnerConfig:
     of each context token when a context is consolidated (e.g. a padding token, so that the student sees
     the layout in which it is later asked without the context; None: nothing in its place); seed: all
     randomness; unrelated: the prompt of unrelated replay (sequences the teacher samples from it, with no
-    context, teach a new expert to stay closed; None: no off-path term); the sleep's switches (see the module
+    context, teach a new expert to stay closed; None: none); closed_book_replay: when a context is consolidated
+    and `blank` is set, also replay what the teacher says without the context (blank, then prompt): what the
+    model answers closed-book now, earlier consolidations included, must not change; the sleep's switches (see the module
     docstring); dream_steps / dream_lr: how kept dreams are learnt ("expert" and "model"); full_pool: what
     a full level does before it receives an expert."""
 
@@ -77,6 +79,7 @@ class LearnerConfig:
     prompt: list[int] = field(default_factory=lambda: [0])
     blank: int | None = None
     unrelated: list[int] | None = None
+    closed_book_replay: bool = True
     consolidation: bool = True
     expansion: bool = True
     imitation: bool = True
@@ -144,6 +147,7 @@ class ContinualLearner:
         self.dream_generator: LoRAAdapters | None = None  # trained by ReST-EM across sleeps
         self.last_context: torch.Tensor | None = None  # the context the last sleep consolidated (dreams are about it)
         self.last_new = None  # what the last consolidation trained: [(level module, slot)] per block
+        self.last_dreams = None  # (tokens, targets, loss_mask) of the dreams the last dreaming kept or rewarded
         self.sleeps = 0
         self.progress = progress  # progress bars over long sleeps
         self.run = RunDirectory(run_dir) if run_dir is not None else None
@@ -274,11 +278,14 @@ class ContinualLearner:
     def _learn_dreams(self, dreams: list[torch.Tensor], prefix: torch.Tensor | None) -> dict:
         """Learn `dreams` where config.learn_dreams says; returns what was done."""
         where = self.config.learn_dreams
-        if not dreams or where == "none":
+        self.last_dreams = None
+        if not dreams:
             return {"into": where, "dreams": 0}
         start = 0 if prefix is None else prefix.shape[1]
         rows = [d if prefix is None else torch.cat([prefix[0], d]) for d in dreams]
-        data = left_padded(rows, [start] * len(rows), self.config.blank or 0)
+        data = self.last_dreams = left_padded(rows, [start] * len(rows), self.config.blank or 0)
+        if where == "none":
+            return {"into": where, "dreams": 0}
         if where == "wake":
             losses = [self.wake(torch.cat([t[None], y[None, -1:]], 1), m[None])["loss"] for t, y, m in zip(*data)]
             return {"into": "wake", "dreams": len(rows), "losses": losses}
@@ -318,6 +325,13 @@ class ContinualLearner:
                           "rewarded": sum(sum(r.rewards) for r in rounds),
                           "generator_trained_on": [r.generator_trained_on for r in rounds]}, started)
 
+    def _closed_layout(self) -> torch.Tensor | None:
+        """What replay without a context is read after: the blank in place of the last context (the layout in
+        which the model is asked without it), or nothing (no blank, or no context read yet)."""
+        if self.config.blank is None or self.last_context is None:
+            return None
+        return torch.full_like(self.last_context, self.config.blank)
+
     @property
     def unrelated_prompt(self) -> torch.Tensor | None:
         return None if self.config.unrelated is None else torch.tensor([self.config.unrelated])
@@ -344,8 +358,9 @@ class ContinualLearner:
         else:
             target = existing_experts(self.model, level)
         cfg = self.config.seeding_config(self.sleeps)
-        report = consolidate(teacher, self.model, target, self.prompt, cfg, judge=self.judge, progress=self.progress,
-                             unrelated=self.unrelated_prompt)
+        layout = self._closed_layout()
+        report = consolidate(teacher, self.model, target, self.prompt, cfg, context=layout, blank=layout,
+                             judge=self.judge, progress=self.progress, unrelated=self.unrelated_prompt)
         record = {"trigger": f"level {level + 1} pool full", "level": level + 1, "policy": self.config.full_pool,
                   "merged": merged, "into": [[b, s] for b, (_, s) in enumerate(target)] if self.config.full_pool == "merge"
                   else "base experts", "divergence_before": report.divergence_before,
@@ -360,9 +375,15 @@ class ContinualLearner:
         if sending is not None:
             self.updates.forget_pool_state(sending)
         cfg = self.config.seeding_config(self.sleeps)
-        blank = None if context is None or self.config.blank is None else torch.full_like(context, self.config.blank)
+        unrelated = [] if self.unrelated_prompt is None else [self.unrelated_prompt]
+        if context is None:  # a level's sleep: teacher and student read the closed-book layout alike
+            context = blank = self._closed_layout()
+        else:
+            blank = None if self.config.blank is None else torch.full_like(context, self.config.blank)
+            if blank is not None and self.config.closed_book_replay:
+                unrelated.append(torch.cat([blank, self.prompt], dim=1))
         report = consolidate(teacher, self.model, new, self.prompt, cfg, context=context, blank=blank, judge=self.judge,
-                             progress=self.progress, unrelated=self.unrelated_prompt)
+                             progress=self.progress, unrelated=unrelated or None)
         self.last_new = new
         return {
             "receiving_level": receiving + 1,

@@ -226,14 +226,15 @@ def _imitation(student, teacher_samples, blank, prompt_length: int, cfg: Seeding
 def consolidate(teacher: SleepLM, student: SleepLM, new_expert: NewExpert, prompts: torch.Tensor,
                 cfg: SeedingConfig = SeedingConfig(), *, context: torch.Tensor | None = None,
                 blank: torch.Tensor | None = None, judge=ExactJudge(), progress: bool = False,
-                unrelated: torch.Tensor | None = None) -> SeedingReport:
+                unrelated: list[torch.Tensor] | torch.Tensor | None = None) -> SeedingReport:
     """Steps 3–6: train the new expert of `student` (only it moves) to imitate `teacher`.
 
     prompts [n, p]: what samples start from (e.g. a start token; never wake data), repeated to batch_size.
     context [1 or batch, c]: what the teacher reads first and the student does not (context consolidation).
     blank [1 or batch, b]: what the student reads in its place (e.g. padding of the context's length, the
     layout a model saw when asked without a context); None: nothing. progress: a progress bar over the steps.
-    unrelated [1 or batch, u]: prompts of unrelated replay (the off-path term, weight cfg.unrelated; None: none).
+    unrelated: prompts of unrelated replay, one tensor [1 or batch, u] or a list of them (each its own batch of
+    samples; the off-path term is their mean, weight cfg.unrelated); None: none.
     """
     if not new_expert:
         raise ValueError("consolidate needs the new expert's (level, slot) in every block")
@@ -244,20 +245,21 @@ def consolidate(teacher: SleepLM, student: SleepLM, new_expert: NewExpert, promp
         context = context.expand(cfg.batch_size, -1) if context.shape[0] == 1 else context
     if blank is not None:
         blank = blank.expand(cfg.batch_size, -1) if blank.shape[0] == 1 else blank
-    if unrelated is not None:
-        unrelated = unrelated.expand(cfg.batch_size, -1) if unrelated.shape[0] == 1 else unrelated
-        if unrelated.shape[0] != cfg.batch_size:
-            raise ValueError(f"unrelated must have 1 or batch_size = {cfg.batch_size} rows, got {unrelated.shape[0]}")
+    groups = [] if unrelated is None else [unrelated] if isinstance(unrelated, torch.Tensor) else list(unrelated)
+    for i, group in enumerate(groups):
+        groups[i] = group.expand(cfg.batch_size, -1) if group.shape[0] == 1 else group
+        if groups[i].shape[0] != cfg.batch_size:
+            raise ValueError(f"unrelated prompts must have 1 or batch_size = {cfg.batch_size} rows, got {group.shape[0]}")
     unrelated_length = cfg.unrelated_length or cfg.sample_length
-    use_unrelated = unrelated is not None and cfg.unrelated > 0
+    use_unrelated = bool(groups) and cfg.unrelated > 0
     prompt_length = prompts.shape[1]
     saved = freeze_all_but(student, new_expert)
     optimizer = torch.optim.Adam(trainable_parameters(new_expert), lr=cfg.lr)
     was_training = student.training
     student.eval()  # no dropout; the forward is deterministic
     held_out = sample(teacher, prompts, cfg.sample_length, cfg.temperature, cfg.seed + 1, context)
-    held_out_unrelated = None if unrelated is None else \
-        sample(teacher, unrelated, unrelated_length, cfg.temperature, cfg.seed + 3)
+    held_out_unrelated = [sample(teacher, g, unrelated_length, cfg.temperature, cfg.seed + 3 + i)
+                          for i, g in enumerate(groups)]
 
     def measure(step: int) -> tuple[float, float]:
         with torch.no_grad():
@@ -286,10 +288,10 @@ def consolidate(teacher: SleepLM, student: SleepLM, new_expert: NewExpert, promp
             if cfg.alpha < 1:
                 imitation, _ = _imitation(student, teacher_samples, blank, prompt_length, cfg, step, judge)
                 loss = loss + (1 - cfg.alpha) * imitation
-            if use_unrelated:
-                replay = sample(teacher, unrelated, unrelated_length, cfg.temperature, seed + 2)
-                loss = loss + cfg.unrelated * _divergence(student, teacher, replay, None, None, unrelated.shape[1],
-                                                          cfg.beta)
+            for i, group in enumerate(groups if use_unrelated else []):
+                replay = sample(teacher, group, unrelated_length, cfg.temperature, seed * 31 + i)
+                loss = loss + cfg.unrelated / len(groups) * _divergence(student, teacher, replay, None, None,
+                                                                        group.shape[1], cfg.beta)
             optimizer.zero_grad(set_to_none=False)
             loss.backward()
             keep_only_new_expert_gradients(new_expert)
@@ -306,7 +308,8 @@ def consolidate(teacher: SleepLM, student: SleepLM, new_expert: NewExpert, promp
     divergence_after, reward_after = measure(-1)
     with torch.no_grad():
         on_content = opening(student, new_expert, held_out if blank is None else torch.cat([blank, held_out], 1))
-        on_unrelated = None if held_out_unrelated is None else opening(student, new_expert, held_out_unrelated)
+        shares = [opening(student, new_expert, tokens) for tokens in held_out_unrelated]
+        on_unrelated = None if not shares or shares[0] is None else sum(shares) / len(shares)
     return SeedingReport(divergence_before, divergence_after, reward_before, reward_after, losses, on_content,
                          on_unrelated)
 

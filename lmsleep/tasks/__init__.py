@@ -13,7 +13,7 @@ examples into tensors and `score` turns predicted tokens into exact / per-answer
 refuses to pair it with a task written in another.
 """
 from . import depo, facts, languages, puzzles, rule110, symbolic_math
-from .example import Answer, Example, batch, masked_targets, score
+from .example import Answer, Example, answer_accuracy, batch, masked_targets, score
 from .vocab import VOCAB_SIZE, CharVocabulary, Vocabulary, WordVocabulary, check_vocabulary, decode, encode
 
 TASKS = {"rule110": rule110, "depo": depo, "math": symbolic_math, "facts": facts, "languages": languages, "puzzles": puzzles}
@@ -40,6 +40,6 @@ def check_model_vocabulary(config, task: str, model: str = "the model") -> None:
 
 __all__ = [
     "TASKS", "Answer", "CharVocabulary", "Example", "VOCAB_SIZE", "Vocabulary", "WordVocabulary", "batch",
-    "check_model_vocabulary", "check_vocabulary", "decode", "depo", "facts", "encode", "masked_targets", "rule110", "score",
+    "answer_accuracy", "check_model_vocabulary", "check_vocabulary", "decode", "depo", "facts", "encode", "masked_targets", "rule110", "score",
     "symbolic_math", "vocabulary",
 ]

@@ -129,3 +129,15 @@ def score(predicted: torch.Tensor, batched: dict[str, torch.Tensor]) -> dict:
         "per_answer": right.mean(dim=0).tolist(),
         "per_bucket": {int(b): right[bucket == b].mean().item() for b in bucket.unique().tolist()},
     }
+
+
+@torch.no_grad()
+def answer_accuracy(model, batched: dict[str, torch.Tensor]) -> float:
+    """The one evaluator of answers: the fraction of answers in `batched` (batch()'s tensors) that `model`
+    predicts right, greedy and teacher-forced, in eval mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        return score(model(batched["tokens"]).argmax(-1), batched)["answer"]
+    finally:
+        model.train(was_training)
