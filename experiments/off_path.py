@@ -11,7 +11,7 @@ import time
 
 import torch
 
-from lmsleep.continual.bench import knowledge as kb, knowledge_systems as ks
+from lmsleep.continual.bench import knowledge_setup as kb, knowledge_systems as ks
 from lmsleep.continual.base import pretrained_base
 from lmsleep.continual.learner import ContinualLearner, LearnerConfig
 from lmsleep.continual.levels import set_expert_gating
@@ -28,7 +28,11 @@ parser.add_argument("--lam", type=float, default=None)
 parser.add_argument("--steps", type=int, default=40)
 parser.add_argument("--dream", type=int, default=1)
 parser.add_argument("--closed", type=int, default=1, help="closed-book replay (LearnerConfig.closed_book_replay)")
+parser.add_argument("--gate-scale", type=float, default=None)
 args = parser.parse_args()
+if args.gate_scale is not None:
+    import lmsleep.layers.levels as levels_module
+    levels_module.GATE_SCALE = args.gate_scale
 torch.set_num_threads(1)
 started = time.process_time()
 model, _ = pretrained_base(kb.WORLD, {**kb.MODEL, "memory_levels": 2}, None, kb.BASE_STEPS, progress=False)

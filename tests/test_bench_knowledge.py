@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from lmsleep.continual.bench import knowledge, knowledge_systems as ks, load, runner
+from lmsleep.continual.bench import knowledge, knowledge_setup, knowledge_systems as ks, load, runner
 from lmsleep.continual.bench.cli import add_arguments
 from lmsleep.tasks import facts
 
@@ -78,8 +78,10 @@ def test_rows_left_pad_and_score_only_from_the_start():
 
 def test_the_closed_book_layout_is_padding_where_the_passage_was():
     raw = facts.world(5, 1, facts.Options(entities=1, attributes=3, questions=3, pool=2))
-    assert ks.context(raw).shape == ks.blank(raw).shape
-    assert ks.blank(raw)[0, :-1].eq(ks.PAD).all() and ks.blank(raw)[0, -1] == ks.SEP == ks.context(raw)[0, -1]
+    assert ks.blank(raw).shape[1] == ks.passage(raw).shape[1] + 1  # padding in the passage's place, then SEP
+    assert ks.blank(raw)[0, :-1].eq(ks.PAD).all() and ks.blank(raw)[0, -1] == ks.SEP
+    config = ks.learner_config(ks.Budget(), 0)  # the learner lays dreams out the same way: after blank + SEP
+    assert config.prompt == [ks.SEP] and config.blank == ks.PAD
 
 
 def test_finetune_systems_change_the_model_and_sleep_only_the_new_expert(tiny):
@@ -89,11 +91,13 @@ def test_finetune_systems_change_the_model_and_sleep_only_the_new_expert(tiny):
     base, _ = pretrained_base(knowledge.WORLD, {**knowledge.MODEL, "memory_levels": 2}, args.cache_dir, 30,
                               progress=False)
     raw = facts.world(9, 1, knowledge.WORLD.__class__(**{**knowledge.WORLD.__dict__, "pool": 2}))
-    budget = ks.Budget(steps=2, dream_steps=2, seeding=knowledge.SEEDING, dreaming=knowledge.DREAMING)
-    for name, system in ks.SFT.items():
-        model = copy.deepcopy(base)
-        system(model, raw, 1e-3, budget, 0, None)
-        assert any(not torch.equal(a, b) for a, b in zip(model.parameters(), base.parameters())), name
+    budget = ks.Budget(steps=2, dream_steps=2, seeding=knowledge_setup.SEEDING, dreaming=knowledge_setup.DREAMING)
+    for name in ks.SFT_SYSTEMS:
+        system = ks.system(name, base, 1e-3, budget, 0, None)
+        system.learn(raw, 0)
+        assert any(not torch.equal(a, b) for a, b in zip(system.model.parameters(), base.parameters())), name
+        if name == "seal":  # the learner with consolidation off: no expert was unlocked
+            assert all(not m.active.any() for m in system.model.modules() if hasattr(m, "active"))
     model = copy.deepcopy(base)
     ks.sleep(model, raw, budget, 0, None)
     moved = {n for (n, a), b in zip(model.named_parameters(), base.parameters()) if not torch.equal(a, b)}
@@ -101,7 +105,7 @@ def test_finetune_systems_change_the_model_and_sleep_only_the_new_expert(tiny):
 
 
 @pytest.mark.parametrize("flag, value, message", [
-    ("--steps", "0", "--steps"), ("--passages", "99", "experts"), ("--forgetting-budget", "2", "budget"),
+    ("--steps", "0", "--steps"), ("--upward", "-1", "--upward"), ("--forgetting-budget", "2", "budget"),
 ])
 def test_bad_flags_are_named(flag, value, message):
     args = parse(flag, value)
@@ -140,11 +144,37 @@ def test_json_has_no_nan_and_tables_say_how_many_seeds_gave_a_value():
     assert runner.table(summary, ["x"], {"x"}, seeds=2).splitlines()[-1] == "| s | 50.0 ± — (n=1) |"
 
 
-def test_every_ablation_that_runs_can_differ_from_the_full_sleep():
-    # with one base expert per level the random-expert switch has nothing to route to: it is not offered
+def test_every_ablation_is_a_switch_of_the_learner():
+    # the random expert takes the low-rank pool too, so it is an ablation with one base expert per level
     names = knowledge.systems(parse())
-    assert ("sleep − random expert" in names) == (knowledge.MODEL.get("level_experts", 1) > 1)
-    assert {"sleep − dreaming", "sleep − imitation", "sleep − expansion", "sleep − gradient selection"} <= set(names)
+    assert {"sleep − dreaming", "sleep − imitation", "sleep − expansion", "sleep − gradient selection",
+            "sleep − random expert", "sleep − off path"} <= set(names)
+    full = ks.learner_config(ks.Budget(), 0)
+    for variant in ks.VARIANTS:
+        config = ks.learner_config(ks.Budget(), 0, variant=variant)
+        assert (config == full) == (variant == "sleep"), variant  # each ablation switches something
+    assert ks.learner_config(ks.Budget(), 0, variant="no imitation").seeding_config().alpha == 1.0
+    assert ks.learner_config(ks.Budget(), 0, variant="no gradient selection").dreaming_config().selection == "random"
+    assert knowledge.systems(parse("--passages", "20"))[-1] == "sleep − off path"  # the continued setting's control
+
+
+def test_verdicts_are_values():
+    from lmsleep.continual.bench import knowledge_report as kr
+
+    def summary(**rows):
+        return {name: {k: {"mean": v} for k, v in metrics.items()} for name, metrics in rows.items()}
+
+    good = summary(**{"sleep (2 levels)": {"accuracy": 0.5, "forgetting": 0.02}, "finetune": {"accuracy": 0.3, "forgetting": 0.1},
+                      "finetune+restatements": {"accuracy": 0.4, "forgetting": 0.05}})
+    assert kr.keeps_reading(good) == (True, {"forgetting": 0.02, "limit": 0.05})
+    assert kr.beats_at_matched_forgetting(good)[0]
+    worse = summary(**{"sleep (2 levels)": {"accuracy": 0.5, "forgetting": 0.08}, "finetune": {"accuracy": 0.3, "forgetting": 0.05},
+                       "finetune+restatements": {"accuracy": 0.4, "forgetting": 0.05}})
+    assert not kr.keeps_reading(worse)[0] and not kr.beats_at_matched_forgetting(worse)[0]  # more forgetting
+    ablated = summary(**{"sleep (2 levels)": {"accuracy": 0.5}, "sleep − dreaming": {"accuracy": 0.4},
+                         "sleep − imitation": {"accuracy": 0.6}})
+    holds, changes = kr.worst_ablation(ablated)
+    assert holds and changes == pytest.approx({"dreaming": -0.1, "imitation": 0.1})
 
 
 def test_test_validation_training_and_probe_passages_never_coincide():

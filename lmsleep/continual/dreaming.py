@@ -20,6 +20,7 @@ from typing import Callable
 
 import torch
 
+from .seeds import derive
 from .. import validate
 from ..layers.levels import MemoryLevel
 from ..model import SleepLM
@@ -95,7 +96,7 @@ def random_experts(model: SleepLM, seed: int | None):
     """While dreaming, every router additionally runs one random expert (seed None: off)."""
     levels = [m for m in model.modules() if isinstance(m, MemoryLevel)]
     for i, level in enumerate(levels):
-        level.dreaming = None if seed is None else torch.Generator().manual_seed(seed * 7_919 + i)
+        level.dreaming = None if seed is None else torch.Generator().manual_seed(derive(seed, i))
     try:
         yield
     finally:
@@ -238,7 +239,7 @@ def rest_em(model: SleepLM, tasks: list[Task], cfg: DreamingConfig, generator: L
         for round_ in range(cfg.rounds):
             pairs, starts = [], []
             for i, task in enumerate(tasks):
-                seed = (cfg.seed * 1_000_003 + round_) * 1_009 + i
+                seed = derive(cfg.seed, round_, i)
                 result = reward_round(model, task.context, task.measure, cfg, seed, generator, task.prefix)
                 for index, rewarded in zip(result.kept, result.rewards):
                     if rewarded:
@@ -247,7 +248,7 @@ def rest_em(model: SleepLM, tasks: list[Task], cfg: DreamingConfig, generator: L
                 rounds.append(result)
             if pairs and cfg.generator_steps:
                 generator = finetune(model, [left_padded(pairs, starts, pad)], rank=cfg.rank, alpha=cfg.alpha,
-                                     steps=cfg.generator_steps, lr=cfg.lr, seed=cfg.seed * 1_000_003 + round_).adapters
+                                     steps=cfg.generator_steps, lr=cfg.lr, seed=derive(cfg.seed, round_)).adapters
             if rounds:
                 rounds[-1].generator_trained_on = len(pairs)
     finally:

@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from .seeds import derive
 from .. import validate
 from ..config import SleepConfig
 from ..io import config_diff, load_tensors, pack_state, save_tensors, unpack_state
@@ -116,13 +117,13 @@ class LearnerConfig:
 
     def seeding_config(self, sleep: int = 0) -> SeedingConfig:
         """The seeding settings of the `sleep`-th sleep (its own seed, so that a resumed run repeats it)."""
-        fields_ = {**self.seeding, "seed": self.seed * 1_000_003 + sleep}
+        fields_ = {**self.seeding, "seed": derive(self.seed, sleep, 1)}
         if not self.imitation:
             fields_["alpha"] = 1.0  # distillation only
         return validate.from_dict(SeedingConfig, fields_, "LearnerConfig.seeding")
 
     def dreaming_config(self, sleep: int = 0) -> DreamingConfig:
-        fields_ = {**self.dreaming, "seed": self.seed * 1_000_003 + sleep}
+        fields_ = {**self.dreaming, "seed": derive(self.seed, sleep, 2)}
         return validate.from_dict(DreamingConfig, fields_, "LearnerConfig.dreaming")
 
     def to_json(self) -> str:
@@ -299,7 +300,7 @@ class ContinualLearner:
                 p.requires_grad_(True)
             try:
                 losses = sft(self.model, data, steps=self.config.dream_steps, lr=self.config.dream_lr,
-                             seed=self.config.seed * 1_000_003 + self.sleeps)
+                             seed=derive(self.config.seed, self.sleeps, 3))
             finally:
                 for p, (requires_grad, grad) in saved.items():
                     p.requires_grad_(requires_grad)
@@ -404,7 +405,7 @@ class ContinualLearner:
             return {}
         cfg = self.config.seeding_config(0)
         tokens = sample(self.model, self.unrelated_prompt, cfg.unrelated_length or cfg.sample_length, cfg.temperature,
-                        self.config.seed * 1_000_003 + 7)
+                        derive(self.config.seed, -1))
         was_training = self.model.training
         self.model.eval()
         self.model(tokens)

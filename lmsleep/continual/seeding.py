@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .seeds import derive
 from .. import validate
 from ..layers.levels import OPEN, MemoryLevel
 from ..model import SleepLM
@@ -205,7 +206,7 @@ def _divergence(student, teacher, sequences, context, blank, prompt_length: int,
 def _imitation(student, teacher_samples, blank, prompt_length: int, cfg: SeedingConfig, step: int, judge):
     """Step 5: cut each teacher sample at a random prefix, let the student complete it G times, and reward
     the completions against the teacher's suffix. Returns (REINFORCE loss, mean reward)."""
-    generator = torch.Generator().manual_seed(cfg.seed * 7919 + step)
+    generator = torch.Generator().manual_seed(derive(cfg.seed, step, 1))
     cut = prompt_length + int(torch.randint(0, cfg.sample_length, (1,), generator=generator))
     prefixes = teacher_samples[:, :cut].repeat_interleave(cfg.group_size, dim=0)
     suffixes = teacher_samples[:, cut:].repeat_interleave(cfg.group_size, dim=0)
@@ -213,7 +214,7 @@ def _imitation(student, teacher_samples, blank, prompt_length: int, cfg: Seeding
     if blank is not None:
         stream.feed(blank.repeat_interleave(cfg.group_size, dim=0))
     completions = stream.generate(prefixes, suffixes.shape[1], temperature=cfg.temperature,
-                                  seed=cfg.seed + 104729 * (step + 1))
+                                  seed=derive(cfg.seed, step, 2))
     rewards = torch.tensor([reward(c.tolist(), s.tolist(), gamma=cfg.gamma, z0=cfg.z0, judge=judge)
                             for c, s in zip(completions, suffixes)], dtype=torch.float64)
     full = torch.cat([prefixes, completions], dim=1)
@@ -276,7 +277,7 @@ def consolidate(teacher: SleepLM, student: SleepLM, new_expert: NewExpert, promp
         bar = tqdm(total=cfg.steps, desc="sleep: knowledge seeding", unit="step", dynamic_ncols=True, leave=False)
     try:
         for step in range(cfg.steps):
-            seed = cfg.seed * 1_000_003 + 2 * step + 2
+            seed = derive(cfg.seed, step, 3)
             teacher_samples = sample(teacher, prompts, cfg.sample_length, cfg.temperature, seed, context)
             loss = (1 - cfg.lam) * _divergence(student, teacher, teacher_samples, context, blank, prompt_length,
                                                cfg.beta)
@@ -289,7 +290,7 @@ def consolidate(teacher: SleepLM, student: SleepLM, new_expert: NewExpert, promp
                 imitation, _ = _imitation(student, teacher_samples, blank, prompt_length, cfg, step, judge)
                 loss = loss + (1 - cfg.alpha) * imitation
             for i, group in enumerate(groups if use_unrelated else []):
-                replay = sample(teacher, group, unrelated_length, cfg.temperature, seed * 31 + i)
+                replay = sample(teacher, group, unrelated_length, cfg.temperature, derive(seed, i))
                 loss = loss + cfg.unrelated / len(groups) * _divergence(student, teacher, replay, None, None,
                                                                         group.shape[1], cfg.beta)
             optimizer.zero_grad(set_to_none=False)

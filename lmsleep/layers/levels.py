@@ -31,7 +31,6 @@ one base expert per level (the default): the pool takes part. `last_routed` / `l
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .mlp import SwiGLU
@@ -40,6 +39,7 @@ GATINGS = ("sigmoid", "sum", "softmax")
 INIT_STD = 0.02  # A's initialisation when unlocked (spec Decision)
 CLOSED_OFFSET = 4.0  # a sigmoid gate starts at σ(−4) ≈ 0.018: closed
 OPEN = 0.5  # a gate above this is open
+GATE_SCALE = 1.0  # the sigmoid gate's logit is GATE_SCALE · r_j · x − CLOSED_OFFSET
 
 
 class ExpertPoolExhausted(ValueError):
@@ -161,7 +161,7 @@ class MemoryLevel(nn.Module):
         if self.gating == "sum":
             return x.new_ones(*x.shape[:-1], index.numel())
         logits = x @ self.pool_router.index_select(0, index).t()
-        return logits.softmax(-1) if self.gating == "softmax" else torch.sigmoid(logits - CLOSED_OFFSET)
+        return logits.softmax(-1) if self.gating == "softmax" else torch.sigmoid(GATE_SCALE * logits - CLOSED_OFFSET)
 
     def _random_extra(self, x: torch.Tensor, slots: list[int]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """While dreaming: per token one random expert among the other base experts and the active low-rank

@@ -158,7 +158,8 @@ def learner_config(budget: Budget, seed: int, lr: float | None = None, variant: 
         raise ValueError(f"variant must be one of {SLEEP_VARIANTS}, got {variant!r}")
     changes = {k: v for k, v in VARIANTS[variant].items() if k != "gating"}
     dreaming = {**(budget.dreaming or {}), **changes.pop("dreaming", {})}
-    fields = {"periods": list(budget.periods or [0] * levels), "seeding": {**(budget.seeding or {}), "steps": budget.steps},
+    periods = list(budget.periods or ())[:levels]
+    fields = {"periods": periods + [0] * (levels - len(periods)), "seeding": {**(budget.seeding or {}), "steps": budget.steps},
               "dreaming": dreaming, "prompt": [SEP], "blank": PAD, "unrelated": [PAD], "learn_dreams": "expert",
               "dream_steps": budget.dream_steps, "dream_lr": budget.dream_lr if lr is None else lr, "seed": seed,
               **changes}
@@ -202,7 +203,8 @@ def sleeper(base: SleepLM, budget: Budget, seed: int, generator, variant: str = 
 
 
 def seal(base: SleepLM, budget: Budget, seed: int, generator, lr: float) -> Sleeper:
-    return Sleeper(copy.deepcopy(base), learner_config(budget, seed, lr, seal=True), generator)
+    return Sleeper(copy.deepcopy(base), learner_config(budget, seed, lr, levels=base.config.memory_levels, seal=True),
+                   generator)
 
 
 def system(name: str, base: SleepLM, lr: float, budget: Budget, seed: int, generator):
@@ -214,14 +216,15 @@ def system(name: str, base: SleepLM, lr: float, budget: Budget, seed: int, gener
 
 def sleep(model: SleepLM, raw: dict, budget: Budget, seed: int, generator, variant: str = "sleep") -> None:
     """One sleep of `variant` on one passage, in place on `model`."""
-    Sleeper(model, learner_config(budget, seed, None, variant), generator, VARIANTS[variant].get("gating")).learn(raw, seed)
+    config = learner_config(budget, seed, None, variant, levels=model.config.memory_levels)
+    Sleeper(model, config, generator, VARIANTS[variant].get("gating")).learn(raw, seed)
 
 
 def kept_dreams(base: SleepLM, raw: dict, budget: Budget, seed: int, generator) -> tuple:
     """The dreams a sleep keeps for `raw` (in the closed-book layout), read off its learner without learning
     them: for self-edit fidelity."""
-    learner = ContinualLearner(copy.deepcopy(base), replace(learner_config(budget, seed), learn_dreams="none",
-                                                            consolidation=False), judge=JUDGE)
+    config = learner_config(budget, seed, levels=base.config.memory_levels)
+    learner = ContinualLearner(copy.deepcopy(base), replace(config, learn_dreams="none", consolidation=False), judge=JUDGE)
     learner.dream_generator = generator
     learner.read(passage(raw))
     learner.sleep()
@@ -231,6 +234,7 @@ def kept_dreams(base: SleepLM, raw: dict, budget: Budget, seed: int, generator) 
 def train_generator(base: SleepLM, training: list[dict], budget: Budget, seed: int) -> LoRAAdapters | None:
     """The learner's ReST-EM over `training` passages (their questions as τ); the base never changes. None
     when no dream was ever rewarded."""
-    learner = ContinualLearner(copy.deepcopy(base), learner_config(budget, seed), judge=JUDGE)
+    learner = ContinualLearner(copy.deepcopy(base), learner_config(budget, seed, levels=base.config.memory_levels),
+                               judge=JUDGE)
     learner.train_dream_generator([(passage(raw), lambda m, raw=raw: accuracy(m, raw)) for raw in training])
     return learner.dream_generator
