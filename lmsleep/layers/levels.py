@@ -21,7 +21,9 @@ Gates g_j (spec Decision, "revised after measuring": experts need an off path):
                          (σ(−4) ≈ 0.02) until seeding trains r_j to open it on the content it consolidates;
                          it stays closed on inputs it was not trained to open on
     "sum"                g_j = 1: every active expert adds its output to every token (ablation)
-    "softmax"            a softmax over the active experts' logits r_j · x: sums to 1, never all off (ablation)
+    "softmax"            a softmax over the active experts' logits r_j · x: sums to 1, never all off (ablation;
+                         unlocking changes no output only in a level with no trained expert: a new expert
+                         beside trained ones takes a share of the mass)
 An expert "opens" on a token when g_j > 0.5 (`last_gates` keeps the gates of the last call).
 
 While `dreaming` (a generator), every router additionally runs one random expert per token: one of the
