@@ -27,7 +27,7 @@ parser.add_argument("--beta", type=float, default=None)
 parser.add_argument("--lam", type=float, default=None)
 parser.add_argument("--steps", type=int, default=40)
 parser.add_argument("--dream", type=int, default=1)
-parser.add_argument("--closed", type=int, default=1, help="closed-book replay (LearnerConfig.closed_book_replay)")
+parser.add_argument("--closed", type=int, default=0, help="closed-book replay (LearnerConfig.closed_book_replay)")
 parser.add_argument("--gate-scale", type=float, default=None)
 args = parser.parse_args()
 if args.gate_scale is not None:

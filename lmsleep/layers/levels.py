@@ -17,7 +17,7 @@ gradient. `unlock` draws A ~ N(0, 0.02²) and leaves B = 0 (unlocking changes no
 the slot and masks it again, restoring the masked state exactly.
 
 Gates g_j (spec Decision, "revised after measuring": experts need an off path):
-    "sigmoid" (default)  g_j(x) = σ(r_j · x − CLOSED_OFFSET): each expert has its own gate, closed
+    "sigmoid" (default)  g_j(x) = σ(GATE_SCALE · r_j · x − CLOSED_OFFSET): each expert has its own gate, closed
                          (σ(−4) ≈ 0.02) until seeding trains r_j to open it on the content it consolidates;
                          it stays closed on inputs it was not trained to open on
     "sum"                g_j = 1: every active expert adds its output to every token (ablation)
@@ -41,7 +41,7 @@ GATINGS = ("sigmoid", "sum", "softmax")
 INIT_STD = 0.02  # A's initialisation when unlocked (spec Decision)
 CLOSED_OFFSET = 4.0  # a sigmoid gate starts at σ(−4) ≈ 0.018: closed
 OPEN = 0.5  # a gate above this is open
-GATE_SCALE = 1.0  # the sigmoid gate's logit is GATE_SCALE · r_j · x − CLOSED_OFFSET
+GATE_SCALE = 4.0  # the sigmoid gate's logit is GATE_SCALE · r_j · x − CLOSED_OFFSET (4: measured, results/continual.md)
 
 
 class ExpertPoolExhausted(ValueError):

@@ -62,6 +62,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--generator-passages", type=int, default=GENERATOR_PASSAGES,
                         help=f"other passages the dream generator is trained on by ReST-EM (default {GENERATOR_PASSAGES})")
     parser.add_argument("--base-steps", type=int, default=BASE_STEPS, help="pretraining steps of the bases")
+    parser.add_argument("--systems", default=None,
+                        help="comma-separated subset of the systems to run (default: all; base and in-context always)")
     parser.add_argument("--upward", type=int, default=0,
                         help="upward consolidation: level 1's period in passages (each passage read is a wake step; "
                              "every UPWARD passages level 1 consolidates its experts into one of level 2); 0: off")
@@ -71,6 +73,7 @@ def _check(args) -> None:
     for name in ("trials", "passages", "steps", "base_steps", "generator_passages"):
         validate.positive_int(f"--{name.replace('_', '-')}", getattr(args, name))
     validate.non_negative_int("--upward", args.upward)
+    systems(args)  # names --systems it does not know
     for name in ("trials", "generator_passages"):
         if getattr(args, name) > MAX_PER_SEED - 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at most {MAX_PER_SEED - 1} (passages of one seed "
@@ -93,7 +96,7 @@ def variants() -> list[str]:
     return list(ks.SLEEP_VARIANTS[1:])
 
 
-def systems(args) -> list[str]:
+def all_systems(args) -> list[str]:
     names = ["base", "in-context", *ks.SFT_SYSTEMS, "sleep (2 levels)", "sleep (4 levels)"]
     if ablations(args):
         names += [f"sleep − {v[3:]}" for v in variants()]
@@ -102,27 +105,51 @@ def systems(args) -> list[str]:
     return names
 
 
+def levels_of(args) -> tuple[int, ...]:
+    """The bases this run needs: 2 levels always (tuning uses it), 4 when its sleep runs."""
+    return LEVELS if "sleep (4 levels)" in systems(args) else (2,)
+
+
+def systems(args) -> list[str]:
+    """The systems this run measures (--systems picks some; base and in-context are always reported)."""
+    names = all_systems(args)
+    chosen = getattr(args, "systems", None)
+    if not chosen:
+        return names
+    picked = [name.strip() for name in chosen.split(",") if name.strip()]
+    unknown = [name for name in picked if name not in names]
+    if unknown or not picked:
+        raise ValueError(f"--systems names unknown systems {unknown or picked!r}; choose from {', '.join(names[2:])}")
+    if "sleep − dreaming" in picked and "sleep (2 levels)" not in picked:
+        raise ValueError("--systems: 'sleep − dreaming' is measured inside 'sleep (2 levels)'; pick both")
+    return names[:2] + [name for name in names[2:] if name in picked]
+
+
 def units(args) -> int:
     _check(args)
     trials = 1 if args.passages > 1 else args.trials
-    return VALIDATION_PASSAGES + len(LEVELS) + trials * (len(systems(args)) - 2)
+    per_system = args.passages if args.passages > 1 else trials  # the continued setting ticks per passage
+    return VALIDATION_PASSAGES + len(levels_of(args)) + per_system * (len(systems(args)) - 2)
 
 
 def estimate(args) -> float:
-    """Seconds per seed on 2 cores (bases cached), from timings of this benchmark at its default size with one
-    thread on a busy 2-core machine (205 s per seed); training the two bases first adds about 3 minutes."""
+    """Seconds per seed with one thread per seed (bases cached): per passage, a sleep system about 16 s (its
+    seeding with unrelated and closed-book replay, then its dreams), SEAL-style 3 s, fine-tuning 1 s; tuning
+    on the validation passages and the dream generators' ReST-EM first (measured on the 2-core development
+    machine, AMD EPYC, under load). Training a base the first time adds about 1.5 minutes."""
     _check(args)
     scale = args.steps / 40
-    sleeps = 2 + (len(variants()) - 1 if ablations(args) else 0)  # consolidations per passage
-    per_passage = sleeps * 12.0 * scale + 3 * 1.0 * scale
-    passages = args.passages if args.passages > 1 else args.trials
-    tuning = VALIDATION_PASSAGES * (len(GRID) * 4 * 1.0 + 12.0) * scale
-    return 20 + tuning + per_passage * passages
+    cost = {"finetune": 1.0, "finetune+restatements": 1.5, "seal": 3.0}
+    per_passage = sum(cost.get(name, 16.0) for name in systems(args)[2:] if name != "sleep − dreaming") * scale
+    count = args.passages if args.passages > 1 else args.trials
+    tuning = VALIDATION_PASSAGES * (len(GRID) * 5.5 + 16.0) * scale
+    generators = len(levels_of(args)) * args.generator_passages * 4.0
+    return 20 + generators + tuning + per_passage * count
 
 
 def run_seed(args, seed: int, tick) -> dict:
     _check(args)
-    ready = prepare(args, seed, LEVELS, tick)
+    ready = prepare(args, seed, levels_of(args), tick)
     count = args.passages if args.passages > 1 else args.trials
     raws = passages(TEST, seed, count)
     run = _continued if args.passages > 1 else _single
@@ -130,8 +157,8 @@ def run_seed(args, seed: int, tick) -> dict:
     reports = ready["reports"]
     return {"systems": per_system, "learning_rates": ready["lrs"], "forgetting_budget": args.forgetting_budget,
             "bases": {str(levels): {k: reports[levels][k] for k in ("in_context", "closed_book", "chance", "cache")}
-                      for levels in LEVELS},
-            "generator_trained": {str(levels): ready["generators"][levels] is not None for levels in LEVELS}}
+                      for levels in ready["bases"]},
+            "generator_trained": {str(levels): ready["generators"][levels] is not None for levels in ready["bases"]}}
 
 
 def _levels(name: str) -> int:
@@ -171,7 +198,7 @@ def _single(args, seed, raws, ready, tick) -> dict:
     for t, raw in enumerate(raws):
         trial = seed * 101 + t
         reference = {levels: (ks.accuracy(bases[levels], raw), ks.accuracy(bases[levels], raw, in_context=True))
-                     for levels in LEVELS}
+                     for levels in ready["bases"]}
         record("base", bases[2], raw, 2, 0.0)
         in_context = reference[2][1]
         rows.setdefault("in-context", []).append({"accuracy": in_context,
@@ -208,7 +235,7 @@ def _continued(args, seed, raws, ready, tick) -> dict:
     bases, probe_, reading_base = ready["bases"], ready["probe"], ready["reading"]
     reference = {levels: (sum(ks.accuracy(bases[levels], raw) for raw in raws) / len(raws),
                           sum(ks.accuracy(bases[levels], raw, in_context=True) for raw in raws) / len(raws))
-                 for levels in LEVELS}
+                 for levels in ready["bases"]}
     base_acc, ceiling = reference[2]
     result = {"base": {"accuracy": base_acc, "transfer": 0.0, "reading": reading_base[2], "forgetting": 0.0},
               "in-context": {"accuracy": ceiling, "transfer": 1.0, "reading": reading_base[2], "forgetting": 0.0}}
@@ -221,6 +248,7 @@ def _continued(args, seed, raws, ready, tick) -> dict:
             system.learn(raw, seed * 101 + t)
             seconds += time.process_time() - started
             just_learnt.append(ks.accuracy(system.model, raw))
+            tick()
         final = [ks.accuracy(system.model, raw) for raw in raws]
         acc = sum(final) / len(final)
         reading = ks.reading(system.model, probe_)
@@ -228,7 +256,6 @@ def _continued(args, seed, raws, ready, tick) -> dict:
                         "forgetting": reading_base[levels] - reading,
                         "forgot_old": sum(a - b for a, b in zip(just_learnt[:-1], final[:-1])) / max(1, len(raws) - 1),
                         "cpu_s": seconds / len(raws), **_memory(system)}
-        tick()
     return result
 
 

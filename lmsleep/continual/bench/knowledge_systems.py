@@ -25,6 +25,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from ...config import SleepConfig
 from ...model import SleepLM
 from ...stream import sample
 from ...tasks import answer_accuracy, facts
@@ -51,6 +52,7 @@ VARIANTS = {
 }
 SLEEP_VARIANTS = tuple(VARIANTS)
 SFT_SYSTEMS = ("finetune", "finetune+restatements", "seal")
+DEFAULT_GATING = SleepConfig().expert_gating
 
 
 @dataclass(frozen=True)
@@ -170,12 +172,13 @@ def learner_config(budget: Budget, seed: int, lr: float | None = None, variant: 
 
 class Sleeper:
     """A ContinualLearner on `model` that reads each passage and sleeps on it (`wake`: the passage read is also
-    one wake step, so the levels' periods count passages: upward consolidation when a period is set)."""
+    one wake step, so the levels' periods count passages: upward consolidation when a period is set). The
+    model's experts take `gating` (default: the library's default; a base cached by an older lmsleep may
+    have recorded another, and its weights do not depend on it)."""
 
     def __init__(self, model: SleepLM, config: LearnerConfig, generator: LoRAAdapters | None, gating: str | None = None,
                  run_dir=None):
-        if gating is not None:
-            set_expert_gating(model, gating)
+        set_expert_gating(model, gating or DEFAULT_GATING)
         self.model = model
         self.learner = ContinualLearner(model, config, run_dir, judge=JUDGE)
         self.learner.dream_generator = generator
