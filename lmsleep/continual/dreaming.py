@@ -21,6 +21,7 @@ from typing import Callable
 import torch
 
 from .. import validate
+from ..decoding import seeded
 from ..layers.levels import MemoryLevel
 from ..model import SleepLM
 from .lora import LoRAAdapters, finetune
@@ -95,7 +96,7 @@ def random_experts(model: SleepLM, seed: int | None):
     """While dreaming, every router additionally runs one random expert (seed None: off)."""
     levels = [m for m in model.modules() if isinstance(m, MemoryLevel)]
     for i, level in enumerate(levels):
-        level.dreaming = None if seed is None else torch.Generator().manual_seed(seed * 7_919 + i)
+        level.dreaming = None if seed is None else seeded(seed * 7_919 + i)
     try:
         yield
     finally:

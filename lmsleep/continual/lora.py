@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import validate
+from ..decoding import seeded
 
 SIGMA = 0.02  # std of A at initialisation (the spec's Decision for new experts: N(0, 0.02²))
 OPTIMIZERS = ("adam", "sgd")
@@ -72,7 +73,7 @@ def resolve_targets(model: nn.Module, targets: Sequence[str] | None) -> list[tup
 def copy_generator(seed: int, copy: int) -> torch.Generator:
     """The random stream of adapter copy `copy` (its A, then its mini-batches): a function of (seed, copy)
     only, so copy i draws the same numbers whether it trains alone or beside others."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + copy)
+    return seeded(seed * 1_000_003 + copy)
 
 
 @dataclass

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import validate
+from ..decoding import seeded
 from ..layers.levels import OPEN, MemoryLevel
 from ..model import SleepLM
 from ..stream import SleepStream, sample
@@ -205,7 +206,7 @@ def _divergence(student, teacher, sequences, context, blank, prompt_length: int,
 def _imitation(student, teacher_samples, blank, prompt_length: int, cfg: SeedingConfig, step: int, judge):
     """Step 5: cut each teacher sample at a random prefix, let the student complete it G times, and reward
     the completions against the teacher's suffix. Returns (REINFORCE loss, mean reward)."""
-    generator = torch.Generator().manual_seed(cfg.seed * 7919 + step)
+    generator = seeded(cfg.seed * 7919 + step)
     cut = prompt_length + int(torch.randint(0, cfg.sample_length, (1,), generator=generator))
     prefixes = teacher_samples[:, :cut].repeat_interleave(cfg.group_size, dim=0)
     suffixes = teacher_samples[:, cut:].repeat_interleave(cfg.group_size, dim=0)
