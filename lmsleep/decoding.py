@@ -91,6 +91,13 @@ def _at_least_float32(logits: torch.Tensor) -> torch.Tensor:
     return logits.to(torch.promote_types(logits.dtype, torch.float32))
 
 
+def seeded(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """A fresh generator on `device` seeded with any integer: seeds mixed from others (seed × prime + part,
+    nested) outgrow torch's 64 bits, so they are taken modulo 2^64, which is what torch does to a negative
+    seed already (every seed torch accepts draws the same stream as before)."""
+    return torch.Generator(device=device).manual_seed(seed % 2**64)
+
+
 def generator_for(device: torch.device | str, seed: int | None = None,
                   generator: torch.Generator | None = None) -> torch.Generator | None:
     """The generator a sampler draws with: `generator` as given, a fresh one seeded with `seed` on
@@ -106,7 +113,7 @@ def generator_for(device: torch.device | str, seed: int | None = None,
         return None
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed must be an integer, got {seed!r}")
-    return torch.Generator(device=device).manual_seed(seed)
+    return seeded(seed, device)
 
 
 class Generation(NamedTuple):

@@ -135,3 +135,15 @@ def test_bad_judge_and_empty_data_are_refused():
         learner.wake(torch.zeros(2, 1, dtype=torch.long))
     with pytest.raises(ValueError, match="context"):
         learner.read(torch.zeros(1, 0, dtype=torch.long))
+
+
+@pytest.mark.parametrize("seed", [1, 12345])
+def test_any_learner_seed_trains_a_dream_generator(seed):
+    """Seeds mixed as seed × prime + part (learner → sleep → round → copy) outgrow 64 bits: still seeded."""
+    model, config = make((2, 4))
+    config = LearnerConfig(**{**config.__dict__, "seed": seed, "dreaming": {
+        "dreams": 2, "dream_length": 3, "keep_top": 1, "keep_random": 0, "rank": 2, "steps": 1, "generator_steps": 1}})
+    learner = ContinualLearner(model, config)
+    rewarded = iter([0.0, 1.0])  # the model scores 0, its kept copy 1
+    record = learner.train_dream_generator([(random_tokens(model, 1, 4, seed=9), lambda m: next(rewarded))])
+    assert record["rewarded"] == 1 and learner.dream_generator is not None

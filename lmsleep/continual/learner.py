@@ -248,7 +248,8 @@ class ContinualLearner:
     def dream(self, measure=None, context: torch.Tensor | None = None) -> dict:
         """Sleep stage 2 on `context` (default: the last consolidated one; a held one is consolidated first).
         With τ (`measure`): reward each kept dream by its isolated copy, improve the dream generator by
-        ReST-EM, and learn the rewarded dreams; without: learn the kept dreams (top k by importance + b)."""
+        ReST-EM, and learn the rewarded dreams; without: learn the kept dreams (top k by importance + b).
+        The record's "chosen" holds those dreams' token ids."""
         self.reset_context()  # consolidation always runs before dreaming
         context = self.last_context if context is None else context
         if context is None:
@@ -273,6 +274,7 @@ class ContinualLearner:
             record = {"trigger": "dreaming", "level": None, "dreams": found.shape[0], "kept": [kept],
                       "selection": cfg.selection}
             dreams = [found[i] for i in kept]
+        record["chosen"] = [d.tolist() for d in dreams]  # what is learnt: token ids (e.g. to check fidelity)
         record["learnt"] = self._learn_dreams(dreams, task.prefix)
         return self._log(record, started)
 
