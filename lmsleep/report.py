@@ -12,6 +12,9 @@ Figures (PNG, beside report.md):
     passes.png      sleep models evaluated at N′ = 1..8 after training at N (final_eval_passes)
 Every figure shows the mean over seeds and the spread: shaded bands (curves) or bars (difficulty,
 passes) from the lowest to the highest seed; the legend gives each group's seed count.
+
+Tables give mean ± std over seeds, std being the sample standard deviation (n − 1: `describe`, the one
+summary both papers' reports use; paper 2's benchmark runner calls it too).
 """
 from __future__ import annotations
 
@@ -26,6 +29,17 @@ from .rundir import RunDirectory
 
 RUNS_SUBDIR = "runs"  # results/<sweep>/runs/<run>/
 METRIC = {"rule110": "exact"}  # other tasks: "answer" (several queries per example; per-answer accuracy)
+
+
+def describe(values) -> dict:
+    """{"mean", "std", "n", "values"} of the finite numbers `values` (e.g. one metric over seeds): the summary
+    every report of both papers gives. std is the sample standard deviation (n − 1 in the denominator, as
+    statistics.stdev), 0.0 for a single value."""
+    values = [float(v) for v in values]
+    if not values:
+        raise ValueError("describe needs at least one value")
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "n": len(values), "values": values}
 
 
 def load_runs(sweep_dir: Path) -> list[dict]:
@@ -62,12 +76,11 @@ def summarise(runs: list[dict], metric: str) -> list[dict]:
         groups[run["group"]].append(run)
     rows = []
     for group, members in sorted(groups.items()):
-        finals = [_main_eval(r["evals"][-1])[metric] for r in members]
+        finals = describe(_main_eval(r["evals"][-1])[metric] for r in members)
         last = [r["evals"][-1] for r in members]
         rows.append({
             "group": group, "seeds": len(members), "metric": metric,
-            "mean": statistics.fmean(finals), "std": statistics.pstdev(finals) if len(finals) > 1 else 0.0,
-            "values": finals, "steps": max(r["step"] for r in last),
+            "mean": finals["mean"], "std": finals["std"], "values": finals["values"], "steps": max(r["step"] for r in last),
             "tokens": statistics.fmean(r["tokens"] for r in last),
             "wall_s": statistics.fmean(r["wall_s"] for r in last),
             "flops": statistics.fmean(r["flops"] for r in last),
@@ -197,7 +210,7 @@ def _bucket_table(runs: list[dict], buckets: list[int], key: str, title: str) ->
 
 def _gain_table(runs: list[dict], buckets: list[int]) -> list[str]:
     """Per bucket, the accuracy of each `X-N{n}` group (n > 1) minus that of `X-N1`, paired by seed:
-    mean ± std over the seeds both have (the gain of sleeping more, at equal training tokens)."""
+    mean ± sample std (describe) over the seeds both have (the gain of sleeping more, at equal training tokens)."""
     final = {(r["group"], r["seed"]): _main_eval(r["evals"][-1])["per_bucket"] for r in runs}
     rows = []
     for group in sorted({g for g, _ in final}):
@@ -211,8 +224,8 @@ def _gain_table(runs: list[dict], buckets: list[int]) -> list[str]:
         for b in buckets:
             gains = [final[group, s][str(b)] - final[f"{stem}-N1", s][str(b)]
                      for s in seeds if str(b) in final[group, s] and str(b) in final[f"{stem}-N1", s]]
-            std = statistics.pstdev(gains) if len(gains) > 1 else 0.0
-            cells.append(f"{statistics.fmean(gains):+.3f} ± {std:.3f}" if gains else "–")
+            gain = describe(gains) if gains else None
+            cells.append(f"{gain['mean']:+.3f} ± {gain['std']:.3f}" if gain else "–")
         rows.append(f"| {group} − {stem}-N1 | {len(seeds)} | " + " | ".join(cells) + " |")
     if not rows:
         return []
@@ -274,7 +287,7 @@ def write_report(sweep_dir: str | Path, title: str | None = None) -> Path:
     rows = summarise(runs, metric)
     figures = plot(runs, metric, sweep_dir)
     lines = [f"# {title or sweep_dir.name}", "",
-             f"Held-out {metric} accuracy at the end of training (mean ± std over seeds; each value listed).", "",
+             f"Held-out {metric} accuracy at the end of training (mean ± sample std over seeds; each value listed).", "",
              "| run | seeds | final accuracy | values | steps | tokens | wall (s) | est. FLOPs |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for row in rows:

@@ -49,6 +49,15 @@ def _synthetic_sweep(directory: Path) -> Path:
     return directory
 
 
+def test_describe_is_the_mean_and_the_sample_std():
+    """One summary for both papers' reports (lmsleep.report and the paper-2 runner): std with n − 1."""
+    assert report_module.describe([0.25, 0.75]) == {"mean": 0.5, "std": pytest.approx(0.3535534), "n": 2,
+                                                    "values": [0.25, 0.75]}
+    assert report_module.describe([2])["std"] == 0.0
+    with pytest.raises(ValueError, match="at least one"):
+        report_module.describe([])
+
+
 def test_report_summarises_seeds_and_writes_figures(tmp_path):
     sweep = _synthetic_sweep(tmp_path / "sweep")
     assert main(["report", str(sweep)]) == 0
@@ -60,12 +69,12 @@ def test_report_summarises_seeds_and_writes_figures(tmp_path):
         assert row["seeds"] == 2 and row["metric"] == "exact" and row["complete"] is True
         assert row["values"] == values
         assert row["mean"] == pytest.approx(statistics.fmean(values))
-        assert row["std"] == pytest.approx(statistics.pstdev(values))  # 0.25 in both groups
+        assert row["std"] == pytest.approx(statistics.stdev(values))  # sample std: 0.354 in both groups
         assert row["steps"] == 100 and row["tokens"] == 2000
     assert rows["sleep-N4"]["wall_s"] == pytest.approx(2 * (40 + 41) / 2)
     assert rows["sleep-N1"]["flops"] == pytest.approx(2e9)
     report = (sweep / "report.md").read_text()
-    assert "| sleep-N4 | 2 | 0.750 ± 0.250 | 0.500, 1.000 |" in report
+    assert "| sleep-N4 | 2 | 0.750 ± 0.354 | 0.500, 1.000 |" in report
     for figure in ("curves.png", "difficulty.png", "passes.png"):
         assert (sweep / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"![{figure}]({figure})" in report

@@ -67,12 +67,48 @@ def test_context_consolidation_teacher_reads_what_the_student_does_not():
     assert report.divergence_before > 0
 
 
-def test_sampling_carries_no_gradient():
+def test_sampling_builds_no_graph():
+    """Replay is data, not a path for gradients: every forward of the sampler runs with autograd off, though
+    every parameter requires grad."""
     model = learner_model()
     for p in model.parameters():
         p.requires_grad_(True)
-    sequences = sample(model, torch.zeros(2, 1, dtype=torch.long), 4, 1.0, seed=0)
-    assert not sequences.requires_grad and sequences.dtype == torch.long
+    seen = []
+    hook = model.head.register_forward_hook(lambda module, inputs, output: seen.append(
+        (torch.is_grad_enabled(), output.requires_grad)))
+    try:
+        sequences = sample(model, torch.zeros(2, 1, dtype=torch.long), 4, 1.0, seed=0)
+    finally:
+        hook.remove()
+    assert seen and all(state == (False, False) for state in seen), seen
+    assert sequences.shape == (2, 5) and all(p.grad is None for p in model.parameters())
+
+
+def test_consolidation_with_unrelated_replay_moves_only_the_new_experts_row_and_keeps_the_wake_sums():
+    model = learner_model()
+    with torch.no_grad():
+        model.head.weight.mul_(40)
+    teacher = snapshot(model)
+    for module in level_modules(model, 1):  # an older expert in the receiving level: it must not move
+        module.unlock(torch.Generator().manual_seed(5))
+        with torch.no_grad():
+            module.B[0].normal_(0, 0.1, generator=torch.Generator().manual_seed(6))
+    for p in model.parameters():  # wake sums waiting for their level's boundary
+        p.grad = torch.full_like(p, 0.25)
+    new, _ = prepare_student(model, sending=None, receiving=1, generator=torch.Generator().manual_seed(0))
+    assert all(slot == 1 for _, slot in new)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    cfg = SeedingConfig(steps=4, lr=3e-2, batch_size=2, sample_length=4, group_size=2, unrelated=1.0)
+    report = consolidate(teacher, model, new, torch.zeros(1, 1, dtype=torch.long), cfg,
+                         context=random_tokens(model, 1, 5, seed=3), unrelated=torch.ones(1, 1, dtype=torch.long))
+    assert report.opens_on_unrelated is not None
+    for name, p in model.named_parameters():
+        assert torch.equal(p.grad, torch.full_like(p, 0.25)), name
+        if name.endswith((".A", ".B", ".pool_router")) and ".levels.1." in name:
+            changed = (p != before[name]).flatten(1).any(1)
+            assert changed.tolist() == [False, True], name  # the new slot's row only (gates included)
+        else:
+            assert torch.equal(p, before[name]), name
 
 
 @pytest.mark.parametrize("field,value", [("lam", 1.5), ("alpha", -0.1), ("gamma", 2), ("z0", -1.0), ("steps", 0)])

@@ -1,21 +1,28 @@
-"""One way to derive seeds: `derive(seed, *indices)` gives the seed of a sub-stream (a sleep, a step, a copy,
-a passage) from its parent's seed and its indices, instead of literal primes multiplied in place.
+"""Seed derivation: one rule for turning a run's seed and a position in it (a language, a step, a sleep)
+into the seed of one random stream, instead of literal primes (`seed * 1_000_003 + step`) in every file.
 
-It hashes the whole path, so nesting never overflows (a derived seed is below 2**62, the range
-torch.Generator.manual_seed takes) and distinct paths do not collide in practice (64-bit hash)."""
+    derive(seed, "wake", language)      the wake batches of `language` in the run seeded `seed`
+
+The result is a hash (BLAKE2b, 63 bits) of the canonical JSON of [seed, *indices]: deterministic across
+processes, platforms and Python versions, different for different argument lists (derive(0, 1) and
+derive(1, 0), derive(3) and derive(3, 0) differ; arithmetic like `seed * p + i` collides as soon as i
+reaches p), and valid wherever a seed is taken (torch.Generator.manual_seed, random.Random). A string
+index names the stream, so that two uses of the same numbers never share one.
+"""
 from __future__ import annotations
 
 import hashlib
-import struct
+import json
 
-LIMIT = 2**62
+BITS = 63  # a non-negative int64: accepted by torch.manual_seed, Generator.manual_seed and random.Random
 
 
-def derive(seed: int, *indices: int) -> int:
-    """The seed of sub-stream `indices` of `seed` (every argument an int, negative allowed)."""
-    for value in (seed, *indices):
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise TypeError(f"seeds and indices must be ints, got {value!r}")
-    digest = hashlib.blake2b(struct.pack(f"<{1 + len(indices)}q", *(v % 2**63 for v in (seed, *indices))),
-                             digest_size=8).digest()
-    return int.from_bytes(digest, "little") % LIMIT
+def derive(seed: int, *indices: int | str) -> int:
+    """The seed in [0, 2**63) of the stream named by `indices` (ints or strings) within the run `seed`."""
+    for i, value in enumerate((seed, *indices)):
+        if isinstance(value, bool) or not isinstance(value, (int, str)) or (i == 0 and isinstance(value, str)):
+            what = "seed" if i == 0 else f"index {i - 1}"
+            allowed = "an int" if i == 0 else "an int or a str"
+            raise TypeError(f"derive: {what} must be {allowed}, got {value!r}")
+    digest = hashlib.blake2b(json.dumps([seed, *indices]).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> (64 - BITS)

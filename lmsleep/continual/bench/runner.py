@@ -5,12 +5,22 @@ A benchmark is a module exporting
 
     NAME, HELP                      its name on the command line and one line of help
     add_arguments(parser)           its own flags (sizes, systems); the runner adds --seeds, --out, --threads
-    estimate(args) -> seconds       how long one seed takes on 2 cores (said before it starts)
+    estimate(args) -> seconds       how long one seed takes on 2 cores, its bases cached (said before it starts)
     units(args) -> int              progress units per seed (the benchmark calls tick() once per unit)
     run_seed(args, seed, tick) -> dict   one seed: {"systems": {system: {metric: number}}, ...anything else}
     PRIMARY                         the metric the plot shows by default
     plot(summary, path)             optional: its own figure (default: a bar per system of PRIMARY)
     notes(summary) -> str           optional: markdown placed under the table (what was measured, verdicts)
+    base_configs(args) -> {name: TrainConfig}   optional, with bases(args): the pretrained bases a run
+                                    loads. The uncached ones are first-time work: their training time
+                                    (continual.base.training_seconds) is part of the estimate, and
+                                    bases(args) trains them, with progress, before the seeds start
+
+Before any work: the flags are checked, and a missing optional dependency is said (the plot needs
+matplotlib, the `plot` extra): the run then goes on without the plot, so the results are never lost to it.
+
+Summary: mean ± std over seeds, std the sample standard deviation (n − 1; lmsleep.report.describe, the
+summary both papers' reports use).
 
 Files in OUT: seed-<s>.json per seed (with the seconds it took) (written atomically when the seed ends; a rerun skips seeds already
 done with the same arguments), results.json (arguments, per-seed results, summary), <NAME>.png, report.md.
@@ -20,13 +30,17 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import importlib
 import shlex
-import statistics
 import sys
 import time
 from pathlib import Path
 
 from ...io import write_text
+from ...report import describe
+from .. import base as base_cache
+
+PLOT_EXTRA = "pip install 'lmsleep[plot]'"
 
 
 def int_list(flag: str, text: str, low: int = 0) -> list[int]:
@@ -70,16 +84,15 @@ def identity(args: argparse.Namespace) -> dict:
 
 
 def aggregate(per_seed: list[dict]) -> dict:
-    """{system: {metric: {"mean", "std", "n", "values"}}} over seeds (std: sample std, 0 for one seed)."""
+    """{system: {metric: {"mean", "std", "n", "values"}}} over seeds (describe: std the sample std, 0 for one
+    seed); values that are not finite numbers (null, NaN) are left out, so n can be below the seed count."""
     systems: dict[str, dict[str, list[float]]] = {}
     for result in per_seed:
         for system, metrics in result["systems"].items():
             for metric, value in metrics.items():
                 if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):  # null: none
                     systems.setdefault(system, {}).setdefault(metric, []).append(float(value))
-    return {system: {metric: {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-                              "n": len(values), "values": values}
-                     for metric, values in metrics.items()}
+    return {system: {metric: describe(values) for metric, values in metrics.items()}
             for system, metrics in systems.items()}
 
 
@@ -162,9 +175,29 @@ def code_version() -> str:
     return commit.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
 
 
+def missing_plot_dependency() -> str | None:
+    """None when the plot can be drawn; else a one-line warning naming the extra that brings it."""
+    try:
+        importlib.import_module("matplotlib")
+    except ImportError:
+        return (f"warning: matplotlib is not installed, so this run writes its results and report but no plot "
+                f"({PLOT_EXTRA} to have it)")
+    return None
+
+
+def first_time(bench, args: argparse.Namespace) -> dict[str, float]:
+    """{base name: estimated training seconds} of the pretrained bases this run loads that are not cached
+    yet (the benchmark's base_configs; none when it does not say)."""
+    configs = bench.base_configs(args) if hasattr(bench, "base_configs") else {}
+    return {name: base_cache.training_seconds(cfg) for name, cfg in configs.items()
+            if not base_cache.cached(cfg, args.cache_dir)}
+
+
 def run(bench, args: argparse.Namespace, argv: list[str] | None = None) -> dict:
     """Run `bench` for every seed of args.seeds (skipping seeds whose file in args.out matches these
-    arguments), then write results.json, the plot and report.md. Returns the results."""
+    arguments), then write results.json, the plot and report.md. Returns the results. Said before the work
+    starts: the estimate (first-time bases included) and a missing plot dependency (the run then skips the
+    plot); uncached bases are trained first, with their own progress bar."""
     import torch
     from tqdm import tqdm
 
@@ -173,6 +206,7 @@ def run(bench, args: argparse.Namespace, argv: list[str] | None = None) -> dict:
             raise ValueError(f"--threads must be at least 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     bench.units(args)  # checks the benchmark's flags before anything is written
+    no_plot = missing_plot_dependency()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     ident = identity(args)
@@ -194,9 +228,17 @@ def run(bench, args: argparse.Namespace, argv: list[str] | None = None) -> dict:
                 continue
         todo.append(seed)
     each = bench.estimate(args)
+    pending = first_time(bench, args) if todo else {}
+    setup = sum(pending.values())
+    first = (f", plus {_duration(setup)} the first time to train the {', '.join(pending)} base" if pending else "")
     print(f"lmsleep continual bench {bench.NAME}: {len(args.seeds)} seed(s), {len(done)} already in {out}; "
-          f"about {_duration(each * len(todo))} for the remaining {len(todo)} on 2 cores ({_duration(each)} per seed)",
-          flush=True)
+          f"about {_duration(setup + each * len(todo))} for the remaining {len(todo)} on 2 cores ({_duration(each)} "
+          f"per seed{first})", flush=True)
+    if no_plot:
+        print(no_plot, file=sys.stderr, flush=True)
+    if pending:
+        print(f"first time: training the {', '.join(pending)} base (cached for later runs)", flush=True)
+        bench.bases(args)
     started = time.perf_counter()
     with tqdm(total=bench.units(args) * len(todo), desc=f"bench {bench.NAME}", unit="step", dynamic_ncols=True) as bar:
         for seed in todo:
@@ -215,18 +257,22 @@ def run(bench, args: argparse.Namespace, argv: list[str] | None = None) -> dict:
                "wall_s": round(time.perf_counter() - started, 1)}
     write_text(out / "results.json", dumps(results))
     plot_path = out / f"{bench.NAME}.png"
-    if hasattr(bench, "plot"):
-        bench.plot(summary, plot_path, per_seed)
+    if no_plot:
+        figure = f"No plot: matplotlib is not installed ({PLOT_EXTRA})."
     else:
-        bar_plot(summary, bench.PRIMARY, plot_path, f"{bench.NAME}: {bench.PRIMARY} (mean ± std over seeds)")
+        if hasattr(bench, "plot"):
+            bench.plot(summary, plot_path, per_seed)
+        else:
+            bar_plot(summary, bench.PRIMARY, plot_path, f"{bench.NAME}: {bench.PRIMARY} (mean ± std over seeds)")
+        figure = f"![{bench.NAME}]({plot_path.name})"
     metrics = getattr(bench, "COLUMNS", None) or sorted({m for stats in summary.values() for m in stats})
     report = [f"# Benchmark `{bench.NAME}`", "", bench.HELP, "", f"    {command}", "",
-              f"Seeds: {', '.join(map(str, args.seeds))}. Mean ± std over seeds; percentages ×100.", "",
-              table(summary, metrics, set(getattr(bench, "PERCENT", ())), len(args.seeds)), "", f"![{bench.NAME}]({plot_path.name})", ""]
+              f"Seeds: {', '.join(map(str, args.seeds))}. Mean ± sample std (n − 1) over seeds; percentages ×100.", "",
+              table(summary, metrics, set(getattr(bench, "PERCENT", ())), len(args.seeds)), "", figure, ""]
     if hasattr(bench, "notes"):
         report += [bench.notes(summary, per_seed), ""]
     write_text(out / "report.md", "\n".join(report))
-    print(f"results: {out / 'results.json'}, plot: {plot_path}, report: {out / 'report.md'}")
+    print(f"results: {out / 'results.json'}, " + ("" if no_plot else f"plot: {plot_path}, ") + f"report: {out / 'report.md'}")
     return results
 
 
