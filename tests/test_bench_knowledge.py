@@ -42,6 +42,7 @@ def test_the_runner_writes_results_plot_report_and_seed_files(tiny):
     for seed in (0, 1):
         seed_file = json.loads(open(f"{out}/seed-{seed}.json").read())
         assert seed_file["seed"] == seed and seed_file["code"] == runner.code_version()  # which code computed it
+        assert seed_file["cpu"] == runner.cpu_name() and "cores" in seed_file["cpu"]  # and on which CPU
     # the base row is the base: nothing learnt, nothing forgotten; in context is the ceiling
     base = saved["per_seed"][0]["systems"]["base"]
     assert base["forgetting"] == 0.0

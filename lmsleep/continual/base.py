@@ -30,6 +30,7 @@ import torch
 
 from .. import validate
 from ..io import load_model, save_model, write_text
+from ..config import SleepConfig
 from ..model import SleepLM
 from ..tasks import batch, facts, score
 from ..train import TrainConfig, Trainer
@@ -134,6 +135,17 @@ def training_seconds(cfg: TrainConfig) -> float:
     return cfg.steps * cfg.batch_size * per_example * SECONDS_PER_FLOP
 
 
+def with_requested_gating(model: SleepLM, cfg: TrainConfig) -> SleepLM:
+    """A cached base's experts take the gating `cfg` asks for (its model fields, else the library's default):
+    the weights do not depend on it (a base trains with its pools masked), but a base cached by an older
+    lmsleep recorded the gating of its day ("sum")."""
+    if model.config.memory_levels:
+        from .levels import set_expert_gating
+
+        set_expert_gating(model, cfg.model.get("expert_gating", SleepConfig().expert_gating))
+    return model
+
+
 def pretrained(cfg: TrainConfig, measure_fn, cache_dir: str | os.PathLike | None = None,
                progress: bool = True) -> tuple[SleepLM, dict]:
     """Any world's base: the model `cfg` trains (in eval mode) and its report (what `measure_fn(model)`
@@ -142,7 +154,7 @@ def pretrained(cfg: TrainConfig, measure_fn, cache_dir: str | os.PathLike | None
     entry = cache_entry(cfg, cache_dir)
     if cached(cfg, cache_dir):
         report = json.loads((entry / REPORT_FILE).read_text())
-        return load_model(entry).eval(), {**report, "cache": str(entry), "loaded": True}
+        return with_requested_gating(load_model(entry).eval(), cfg), {**report, "cache": str(entry), "loaded": True}
     entry.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".train-", dir=entry.parent) as run:
         trainer = Trainer(cfg, run, progress=progress)

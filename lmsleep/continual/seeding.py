@@ -77,8 +77,8 @@ class SeedingConfig:
 class SeedingReport:
     divergence_before: float
     divergence_after: float
-    reward_before: float
-    reward_after: float
+    reward_before: float | None  # None: imitation off (α = 1), not measured
+    reward_after: float | None
     losses: list[float]
     opens_on_content: float | None = None  # share of content tokens (student layout) the new expert opens on
     opens_on_unrelated: float | None = None  # share of unrelated replay tokens it opens on (None: no such replay)
@@ -262,9 +262,12 @@ def consolidate(teacher: SleepLM, student: SleepLM, new_expert: NewExpert, promp
     held_out_unrelated = [sample(teacher, g, unrelated_length, cfg.temperature, cfg.seed + 3 + i)
                           for i, g in enumerate(groups)]
 
-    def measure(step: int) -> tuple[float, float]:
+    def measure(step: int) -> tuple[float, float | None]:
+        """F on held-out teacher samples, and the imitation reward (None when imitation is off: α = 1)."""
         with torch.no_grad():
             divergence = _divergence(student, teacher, held_out, context, blank, prompt_length, cfg.beta).item()
+            if cfg.alpha == 1:
+                return divergence, None
             _, mean_reward = _imitation(student, held_out, blank, prompt_length, cfg, step, judge)
         return divergence, mean_reward
 

@@ -53,6 +53,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base-steps", type=int, default=knowledge.BASE_STEPS, help="pretraining steps of the base")
 
 
+def base_configs(args) -> dict:
+    """The base a run loads (the runner trains it first, with progress, when it is not cached)."""
+    from ..base import base_config
+
+    return {"facts, 2 levels": base_config(knowledge.WORLD, {**knowledge.MODEL, "memory_levels": 2}, args.base_steps)}
+
+
+def bases(args) -> dict:
+    """The base (trained once, with progress, then loaded from the cache): {name: report}."""
+    from .knowledge_setup import base_model
+
+    return {"facts, 2 levels": base_model(2, args, progress=True)[1]}
+
+
 def _sleep_steps(args) -> list[int]:
     return sorted(runner.int_list("--sleep-steps", args.sleep_steps, low=1))
 

@@ -34,6 +34,7 @@ import math
 import time
 
 from ... import validate
+from ..base import base_config
 from .knowledge_setup import (BASE_STEPS, GENERATOR_PASSAGES, GRID, LEVELS, MAX_PER_SEED, MAX_SEED, MODEL,
                               PROBE, PROBE_VALIDATION, TEST, TRAINING, VALIDATION, VALIDATION_PASSAGES,
                               WORLD, base_model, passages, prepare, probe, world)
@@ -282,6 +283,13 @@ def mean_rows(values: list[dict]) -> dict:
         finite = [v[key] for v in values if not math.isnan(v[key])]
         out[key] = sum(finite) / len(finite) if finite else math.nan
     return out
+
+
+def base_configs(args) -> dict:
+    """The bases a run loads (the runner trains them first, with progress, when they are not cached)."""
+    _check(args)
+    return {f"facts, {count} levels": base_config(WORLD, {**MODEL, "memory_levels": count}, args.base_steps)
+            for count in levels_of(args)}
 
 
 def bases(args) -> dict:

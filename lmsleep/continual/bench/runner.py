@@ -155,6 +155,21 @@ def bar_plot(summary: dict, metrics: str | list[str], path: Path, title: str) ->
     plt.close(fig)
 
 
+def cpu_name() -> str:
+    """The CPU a result was computed on (speed and even results differ between machines): /proc/cpuinfo's
+    model name with the core count, else what the platform says."""
+    import os
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith(("model name", "cpu model", "hardware")):
+                return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
+    except OSError:
+        pass
+    return f"{platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
+
+
 def code_version() -> str:
     """Which code computed a result: the git commit of the checkout lmsleep runs from (with "+changes" when its
     files differ from it), else the package version."""
@@ -210,8 +225,8 @@ def run(bench, args: argparse.Namespace, argv: list[str] | None = None) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     ident = identity(args)
-    done, todo, seconds, codes = {}, [], {}, {}
-    code = code_version()
+    done, todo, seconds, codes, cpus = {}, [], {}, {}, {}
+    code, cpu = code_version(), cpu_name()
     for seed in args.seeds:
         path = out / f"seed-{seed}.json"
         if path.is_file():
@@ -221,7 +236,7 @@ def run(bench, args: argparse.Namespace, argv: list[str] | None = None) -> dict:
                 saved = None  # torn by a crash: run it again
             if saved is not None and saved.get("arguments") == ident:
                 done[seed], seconds[seed] = saved["result"], saved.get("seconds", float("nan"))
-                codes[seed] = saved.get("code", "unknown")
+                codes[seed], cpus[seed] = saved.get("code", "unknown"), saved.get("cpu", "unknown")
                 if codes[seed] != code:
                     print(f"note: seed {seed} in {path} was computed by code {codes[seed]}, this is {code}; it is "
                           "reused (delete the file to recompute it)")
@@ -244,16 +259,17 @@ def run(bench, args: argparse.Namespace, argv: list[str] | None = None) -> dict:
         for seed in todo:
             began = time.perf_counter()
             result = bench.run_seed(args, seed, lambda n=1: bar.update(n))
-            seconds[seed], codes[seed] = round(time.perf_counter() - began, 1), code
+            seconds[seed], codes[seed], cpus[seed] = round(time.perf_counter() - began, 1), code, cpu
             write_text(out / f"seed-{seed}.json", dumps(
-                {"arguments": ident, "seed": seed, "seconds": seconds[seed], "code": code, "result": result}))
+                {"arguments": ident, "seed": seed, "seconds": seconds[seed], "code": code, "cpu": cpu,
+                 "result": result}))
             done[seed] = result
     per_seed = [done[s] for s in args.seeds]
     summary = aggregate(per_seed)
     command = "lmsleep continual bench " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[3:]))
     results = {"benchmark": bench.NAME, "command": command, "arguments": ident, "seeds": list(args.seeds),
                "per_seed": per_seed, "summary": summary, "seconds_per_seed": [seconds[s] for s in args.seeds],
-               "code_per_seed": [codes[s] for s in args.seeds],
+               "code_per_seed": [codes[s] for s in args.seeds], "cpu_per_seed": [cpus[s] for s in args.seeds],
                "wall_s": round(time.perf_counter() - started, 1)}
     write_text(out / "results.json", dumps(results))
     plot_path = out / f"{bench.NAME}.png"
