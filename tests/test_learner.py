@@ -94,6 +94,13 @@ def test_a_learner_file_from_another_config_or_corrupt_is_refused(tmp_path):
     ({"seeding": {"lam": 2.0}}, "lam"),
     ({"seeding": {"lamda": 0.5}}, "lamda"),
     ({"optimizer": "rmsprop"}, "optimizer"),
+    ({"full_pool": "mergee"}, "full_pool"),
+    ({"learn_dreams": True}, "learn_dreams"),
+    ({"learn_dreams": "everywhere"}, "learn_dreams"),
+    ({"consolidation": False, "learn_dreams": "expert"}, "needs consolidation"),
+    ({"unrelated": []}, "unrelated"),
+    ({"dreaming": {"selection": "best"}}, "selection"),
+    ({"dream_lr": 0.0}, "dream_lr"),
 ])
 def test_bad_learner_settings_are_refused(changes, message):
     model, config = make((1, 2))
@@ -147,3 +154,23 @@ def test_any_learner_seed_trains_a_dream_generator(seed):
     rewarded = iter([0.0, 1.0])  # the model scores 0, its kept copy 1
     record = learner.train_dream_generator([(random_tokens(model, 1, 4, seed=9), lambda m: next(rewarded))])
     assert record["rewarded"] == 1 and learner.dream_generator is not None
+
+
+def test_a_learner_file_from_before_gated_experts_is_refused_with_the_reason(tmp_path):
+    from lmsleep.continual import learner as learner_module
+    from lmsleep.io import load_tensors, save_tensors
+
+    model, config = make((1, 2))
+    ContinualLearner(model, config).save(tmp_path / "new.safetensors")
+    tensors, metadata = load_tensors(tmp_path / "new.safetensors", learner_module.FORMAT, learner_module.VERSION, "x")
+    metadata = {k: v for k, v in metadata.items() if k not in ("format", "version", "checksum")}
+    save_tensors(tmp_path / "old.safetensors", tensors, learner_module.FORMAT, 1, metadata)  # as version 1 wrote it
+    with pytest.raises(ValueError, match=r"old\.safetensors.*version 1.*before experts had gates"):
+        ContinualLearner.load(model, tmp_path / "old.safetensors")
+
+
+def test_bad_gating_is_named():
+    from lmsleep import SleepConfig
+
+    with pytest.raises(ValueError, match="expert_gating"):
+        SleepConfig(memory_levels=1, expert_gating="sigmod")
