@@ -169,3 +169,28 @@ def test_no_expansion_trains_the_levels_existing_experts_and_no_low_rank_one():
     moved = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
     assert moved and all(".levels.0.base." in name for name in moved), moved
     assert all(not module.active.any() for level in (0, 1) for module in level_modules(model, level))
+
+
+def test_unrelated_replay_keeps_the_new_expert_off_where_it_was_not_consolidated():
+    """The off path (issue 18): the teacher reads a context the student does not; with unrelated replay (other
+    prompts, no context, teacher and student alike) the new expert changes less of what the model says there,
+    and its gate opens less there, than the same consolidation without it."""
+    results = {}
+    for weight in (0.0, 4.0):
+        model = learner_model()
+        with torch.no_grad():
+            model.head.weight.mul_(40)
+        teacher = snapshot(model)
+        new, _ = prepare_student(model, sending=None, receiving=0, generator=torch.Generator().manual_seed(0))
+        cfg = SeedingConfig(steps=25, lr=1e-2, batch_size=4, sample_length=6, alpha=1.0, unrelated=weight,
+                            unrelated_length=8)
+        context = random_tokens(model, 1, 6, seed=3)
+        prompts, unrelated = torch.zeros(1, 1, dtype=torch.long), torch.ones(1, 1, dtype=torch.long)
+        report = consolidate(teacher, model, new, prompts, cfg, context=context, unrelated=unrelated)
+        held_out = sample(teacher, unrelated.expand(8, -1), 8, 1.0, 99)
+        with torch.no_grad():
+            changed = (model(held_out).softmax(-1) - teacher(held_out).softmax(-1)).abs().sum(-1).mean().item()
+        results[weight] = (changed, report.opens_on_unrelated, report.divergence_after / report.divergence_before)
+    assert results[4.0][0] < 0.7 * results[0.0][0], results  # it changes less of the unrelated reading
+    assert results[4.0][1] <= results[0.0][1], results
+    assert results[4.0][2] < 1.0  # and still consolidates the context
