@@ -84,3 +84,25 @@ def test_nothing_to_run_trains_no_base(tmp_path, monkeypatch):
     runner.run(bench, arguments(tmp_path, "1"), ["standin"])  # seed 0 is done: no work, no base
     assert calls == []
     assert json.loads((tmp_path / "out" / "results.json").read_text())["summary"]["s"]["x"]["n"] == 1
+
+
+def test_no_benchmark_composes_the_sleep_itself():
+    """Issue 18: every benchmark's Sleep and SEAL-style systems drive the learner; none imports the sleep's stage
+    functions (so the benchmarks measure what users run)."""
+    import ast
+    import pathlib
+
+    import lmsleep.continual.bench as bench_package
+
+    stages = {"prepare_student", "consolidate", "snapshot", "train_expert", "existing_experts", "rest_em",
+              "reward_round", "propose", "sample_dreams", "rest_em_data", "rewards_for", "importance", "select",
+              "dream"}
+    found = {}
+    for path in pathlib.Path(bench_package.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[-1] in (
+                    "seeding", "dreaming", "selection", "learner_stages"):
+                names = {alias.name for alias in node.names} & stages
+                if names:
+                    found[path.name] = sorted(names)
+    assert found == {}

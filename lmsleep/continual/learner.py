@@ -34,20 +34,20 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from .seeds import derive
 from .. import validate
 from ..config import SleepConfig
 from ..io import config_diff, load_tensors, pack_state, save_tensors, unpack_state
+from ..layers.levels import OPEN, ExpertPoolExhausted
 from ..model import SleepLM
 from ..rundir import RunDirectory
-from ..layers.levels import OPEN, ExpertPoolExhausted
-from .baselines import sft
 from ..stream import sample
+from .baselines import sft
 from .dreaming import DreamingConfig, Task, dream as dream_rounds, left_padded, propose, rest_em
 from .levels import OPTIMIZERS, LevelUpdates, check_periods, level_modules
 from .lora import LoRAAdapters
 from .rewards import ExactJudge
 from .seeding import SeedingConfig, consolidate, existing_experts, prepare_student, snapshot, train_expert
+from .seeds import derive
 
 # Version 2 (issue 18): experts have gates and the config new fields; a version-1 file is refused by name.
 FORMAT, VERSION = "lmsleep-learner", 2
@@ -61,15 +61,14 @@ FULL_POOL = ("merge", "base", "error")
 @dataclass(frozen=True)
 class LearnerConfig:
     """periods: C_ℓ per memory level (0 = frozen); lr / optimizer: the levels' update (Eq. 2: "sgd");
-    seeding / dreaming: SeedingConfig / DreamingConfig fields; learn_dreams: wake on the rewarded dreams
-    after dreaming; prompt: the tokens replay samples start from; blank: a token the student reads in place
+    seeding / dreaming: SeedingConfig / DreamingConfig fields; prompt: the tokens replay samples start from; blank: a token the student reads in place
     of each context token when a context is consolidated (e.g. a padding token, so that the student sees
     the layout in which it is later asked without the context; None: nothing in its place); seed: all
     randomness; unrelated: the prompt of unrelated replay (sequences the teacher samples from it, with no
     context, teach a new expert to stay closed; None: none); closed_book_replay: when a context is consolidated
     and `blank` is set, also replay what the teacher says without the context (blank, then prompt): what the
-    model answers closed-book now, earlier consolidations included, must not change; the sleep's switches (see the module
-    docstring); dream_steps / dream_lr: how kept dreams are learnt ("expert" and "model"); full_pool: what
+    model answers closed-book now, earlier consolidations included, must not change; the sleep's switches
+    (see the module docstring: consolidation, expansion, imitation, dream, learn_dreams); dream_steps / dream_lr: how kept dreams are learnt ("expert" and "model"); full_pool: what
     a full level does before it receives an expert."""
 
     periods: list[int] = field(default_factory=lambda: [1])
@@ -134,7 +133,7 @@ class ContinualLearner:
     def __init__(self, model: SleepLM, config: LearnerConfig = LearnerConfig(), run_dir=None, *, judge=None,
                  progress: bool = False):
         check_periods(config.periods, model.config.memory_levels)
-        for name, ids in (("prompt", config.prompt), ("blank", [config.blank or 0])):
+        for name, ids in (("prompt", config.prompt), ("blank", [config.blank or 0]), ("unrelated", config.unrelated or [0])):
             if max(ids) >= model.config.vocab_size:
                 raise ValueError(f"LearnerConfig.{name} holds id {max(ids)}, outside the vocabulary "
                                  f"[0, {model.config.vocab_size})")
