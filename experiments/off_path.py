@@ -44,6 +44,8 @@ if args.pool != kb.MODEL["expert_pool"]:  # a smaller pool: the same weights, fe
             m.A.data, m.B.data = m.A.data[: args.pool].clone(), m.B.data[: args.pool].clone()
             m.pool_router.data = m.pool_router.data[: args.pool].clone()
             m.active = m.active[: args.pool].clone()
+    import dataclasses
+    model.config = dataclasses.replace(model.config, expert_pool=args.pool)
 seeding = dict(kb.SEEDING, steps=args.steps)
 if args.beta is not None:
     seeding["beta"] = args.beta

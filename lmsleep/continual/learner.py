@@ -137,6 +137,9 @@ class ContinualLearner:
             if max(ids) >= model.config.vocab_size:
                 raise ValueError(f"LearnerConfig.{name} holds id {max(ids)}, outside the vocabulary "
                                  f"[0, {model.config.vocab_size})")
+        if config.full_pool == "merge" and model.config.memory_levels and model.config.expert_pool < 2:
+            raise ValueError("LearnerConfig.full_pool 'merge' needs SleepConfig.expert_pool ≥ 2 (the merged expert and "
+                             f"the new one), got {model.config.expert_pool}; use full_pool 'base'")
         self.model, self.config = model, config
         self.updates = LevelUpdates(model, config.periods, lr=config.lr, optimizer=config.optimizer)
         self.generator = torch.Generator().manual_seed(config.seed)  # expert initialisation
