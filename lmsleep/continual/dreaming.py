@@ -20,13 +20,14 @@ from typing import Callable
 
 import torch
 
-from .seeds import derive
 from .. import validate
 from ..layers.levels import MemoryLevel
 from ..model import SleepLM
+from ..stream import sample
 from .lora import LoRAAdapters, finetune
-from .seeding import sample
+
 from .selection import importance, select
+from .seeds import derive
 
 REWARD_MODES = ("every", "best")
 SELECTIONS = ("importance", "random")

@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .seeds import derive
 from .. import validate
+from .seeds import derive
 
 SIGMA = 0.02  # std of A at initialisation (the spec's Decision for new experts: N(0, 0.02²))
 OPTIMIZERS = ("adam", "sgd")

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 
 import torch
 
-from .seeds import derive
 from .. import validate
 from ..layers.levels import OPEN, MemoryLevel
 from ..model import SleepLM
@@ -31,6 +30,7 @@ from .baselines import as_data
 from .divergence import generalized_jsd
 from .levels import level_modules
 from .rewards import ExactJudge, reinforce_loss, reward
+from .seeds import derive
 
 NewExpert = list[tuple[MemoryLevel, int | None]]  # (level module, slot) in every block; None: no expansion
 
