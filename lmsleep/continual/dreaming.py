@@ -25,7 +25,6 @@ from ..layers.levels import MemoryLevel
 from ..model import SleepLM
 from ..stream import sample
 from .lora import LoRAAdapters, finetune
-
 from .selection import importance, select
 from .seeds import derive
 
