@@ -267,7 +267,8 @@ def _memory(system) -> dict:
     from ..levels import level_modules
 
     in_use = [len(level_modules(system.model, level)[0].active_slots()) for level in range(system.learner.levels)]
-    merges = sum(1 for r in system.records for key in ("consolidation",) if (r.get(key) or {}).get("made_room"))
+    sleeps = [sleep for r in system.records for sleep in [r.get("consolidation"), *r.get("level sleeps", [])] if sleep]
+    merges = sum(1 for sleep in sleeps if sleep.get("made_room"))  # a full level merged before it received one
     return {"experts_in_use": float(sum(in_use)), "merges": float(merges),
             "parameters": float(sum(p.numel() for p in system.model.parameters()))}
 

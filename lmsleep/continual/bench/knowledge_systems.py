@@ -189,9 +189,8 @@ class Sleeper:
         """Read the passage, sleep on it. `after_consolidation(model)` is called between the sleep's two stages
         (the "no dreaming" row is the model at that point)."""
         self.learner.read(passage(raw))
-        if self.wake:
-            self.learner.wake(passage(raw))
-        self.records.append({"consolidation": self.learner.reset_context()})
+        woke = self.learner.wake(passage(raw))["sleeps"] if self.wake else []  # a level's sleep, when due
+        self.records.append({"level sleeps": woke, "consolidation": self.learner.reset_context()})
         if after_consolidation is not None:
             after_consolidation(self.model)
         if self.learner.config.dream:
