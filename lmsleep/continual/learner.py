@@ -264,13 +264,12 @@ class ContinualLearner:
             report = dream_rounds(self.model, task.context, measure, cfg, self.dream_generator, task.prefix)
             self.dream_generator = report.generator
             rounds = report.rounds
-            chosen = [(r, i) for r in rounds for i, reward in zip(r.kept, r.rewards) if reward]
             record = {"trigger": "dreaming", "level": None, "dreams": sum(len(r.dreams) for r in rounds),
                       "kept": [r.kept for r in rounds], "rewards": [r.rewards for r in rounds],
                       "measure_before": [r.measure_before for r in rounds],
                       "measures_of_kept": [r.measures for r in rounds],
                       "generator_trained_on": [r.generator_trained_on for r in rounds]}
-            dreams = [torch.tensor(r.dreams[i]) for r, i in chosen]
+            dreams = [torch.tensor(d) for d in report.rewarded_dreams()]
         else:
             found, _, _, kept = propose(self.model, task.context, cfg, cfg.seed, self.dream_generator, task.prefix)
             record = {"trigger": "dreaming", "level": None, "dreams": found.shape[0], "kept": [kept],
