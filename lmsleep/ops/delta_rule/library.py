@@ -26,7 +26,14 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).parent / "csrc" / "gated_delta_rule.c"
-FLAGS = ["-O3", "-march=native", "-shared", "-fPIC", "-std=gnu11"]
+FLAGS = ["-O3", "-shared", "-fPIC", "-std=gnu11"]
+TARGET_FLAGS = "-march=native"  # $LMSLEEP_NATIVE_TARGET replaces it, e.g. "-march=x86-64-v3" for an AVX2-only build
+
+
+def target_flags() -> list[str]:
+    """The flags choosing the CPU the library is built for: $LMSLEEP_NATIVE_TARGET, else -march=native."""
+    return (os.environ.get("LMSLEEP_NATIVE_TARGET") or TARGET_FLAGS).split()
+
 
 _lock = threading.Lock()
 _state: dict = {}  # "library": the loaded CDLL or None, "error": why there is none
@@ -61,7 +68,8 @@ def _cpu_signature() -> str:
 def _build(compiler: str) -> Path:
     source = SOURCE.read_bytes()
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
-    key = hashlib.sha256(b"\0".join([source, " ".join(FLAGS).encode(), version.encode(),
+    flags = FLAGS + target_flags()
+    key = hashlib.sha256(b"\0".join([source, " ".join(flags).encode(), version.encode(),
                                      _cpu_signature().encode()])).hexdigest()[:16]
     target = cache_dir() / f"gated_delta_rule-{key}.so"
     if target.exists():
@@ -71,7 +79,7 @@ def _build(compiler: str) -> Path:
     handle, partial = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(handle)
     try:
-        result = subprocess.run([compiler, *FLAGS, "-o", partial, str(SOURCE), "-lm"], capture_output=True, text=True)
+        result = subprocess.run([compiler, *flags, "-o", partial, str(SOURCE), "-lm"], capture_output=True, text=True)
         if result.returncode != 0:
             raise RuntimeError(f"{compiler} failed ({result.returncode}):\n{result.stderr.strip()}")
         os.replace(partial, target)

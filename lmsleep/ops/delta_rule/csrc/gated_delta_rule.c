@@ -23,8 +23,8 @@
        dq, dk, dβ from those, and dG_i = q_i·dq_i − k_i·dk_i + 2 β_i k_i·d(β·K)_i (+ ⟨S', dS'⟩ at the
        chunk's last token), as chunk_fast.py's backward explains; dg is the reverse cumsum of dG.
 
-   Every buffer is padded to whole vectors (16 floats) with zeros, and so is every chunk: it is laid out
-   as C = ⌈length / 16⌉·16 rows, those past its tokens (and past the end of the sequence) standing for
+   Every buffer is padded to whole vectors (LANES floats, below) with zeros, and so is every chunk: it is
+   laid out as C = ⌈length / LANES⌉·LANES rows, those past its tokens (and past the end of the sequence) standing for
    tokens whose q = k = v = 0, β = 0 and g = 0, which change nothing.
    Called from Python through ctypes (lmsleep/ops/delta_rule/library.py; native.py wraps it as an
    autograd Function) for a range of (row, head) pairs, so that threads can share the work; the GIL is
@@ -34,49 +34,68 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define LANES 16
+/* The vector width, in floats, is the widest the target has, chosen when the file is compiled (the build's
+   -march): 16 with AVX-512, 8 with AVX or AVX2, 4 otherwise (SSE, ARM NEON). The register blocking of
+   `multiply` follows it: COLS vectors of columns by ROWS rows of accumulators, as many as the target's
+   vector registers hold (32 with AVX-512 or NEON, 16 with AVX2 or SSE) with room for the operands.
+   -DLMSLEEP_LANES=n picks the width by hand (for tests). */
+#ifndef LMSLEEP_LANES
+#if defined(__AVX512F__)
+#define LMSLEEP_LANES 16
+#elif defined(__AVX__)
+#define LMSLEEP_LANES 8
+#else
+#define LMSLEEP_LANES 4
+#endif
+#endif
+#define LANES LMSLEEP_LANES
+#if defined(__AVX512F__) || defined(__aarch64__)
+#define COLS 4  /* 32 vector registers: 16 accumulators */
+#else
+#define COLS 2  /* 16 vector registers: 8 accumulators */
+#endif
 typedef float vec __attribute__((vector_size(LANES * sizeof(float))));
+
+/* The width the library was built with (library.py reports it). */
+int lmsleep_gdr_lanes(void) { return LANES; }
 
 static int round_up(int n) { return (n + LANES - 1) / LANES * LANES; }
 
 /* Y[m × p] = init_scale · init + X[m × n] · M[n × p], where init (row stride ldy, may be Y itself) is NULL
-   for zeros. p is a multiple of LANES; Y, init and M rows are LANES-aligned. Four rows of Y by up to four
+   for zeros. p is a multiple of LANES; Y, init and M rows are LANES-aligned. ROWS rows of Y by up to COLS
    vectors of columns are held in registers across the whole sum. */
 #define ROWS 4
 #define START(offset) (init ? init_scale * *(const vec *)(init + (offset)) : (vec){0})
 static void multiply(int m, int n, int p, const float *X, int ldx, const float *M, int ldm, float *Y, int ldy,
                      const float *init, float init_scale) {
     int j = 0;
-    for (; j + 4 * LANES <= p; j += 4 * LANES) {
+    for (; j + COLS * LANES <= p; j += COLS * LANES) {
         int i = 0;
         for (; i + ROWS <= m; i += ROWS) {
-            vec acc[ROWS][4];
+            vec acc[ROWS][COLS];
             for (int r = 0; r < ROWS; r++)
-                for (int c = 0; c < 4; c++)
-                    acc[r][c] = START((i + r) * ldy + j + c * LANES);
+                for (int c = 0; c < COLS; c++) acc[r][c] = START((i + r) * ldy + j + c * LANES);
             for (int d = 0; d < n; d++) {
                 const vec *row = (const vec *)(M + d * ldm + j);
-                vec m0 = row[0], m1 = row[1], m2 = row[2], m3 = row[3];
+                vec operand[COLS];
+                for (int c = 0; c < COLS; c++) operand[c] = row[c];
                 for (int r = 0; r < ROWS; r++) {
-                    float x = X[(i + r) * ldx + d];
-                    acc[r][0] += x * m0;
-                    acc[r][1] += x * m1;
-                    acc[r][2] += x * m2;
-                    acc[r][3] += x * m3;
+                    const float x = X[(i + r) * ldx + d];
+                    for (int c = 0; c < COLS; c++) acc[r][c] += x * operand[c];
                 }
             }
             for (int r = 0; r < ROWS; r++)
-                for (int c = 0; c < 4; c++) *(vec *)(Y + (i + r) * ldy + j + c * LANES) = acc[r][c];
+                for (int c = 0; c < COLS; c++) *(vec *)(Y + (i + r) * ldy + j + c * LANES) = acc[r][c];
         }
         for (; i < m; i++) {
-            vec acc[4];
-            for (int c = 0; c < 4; c++) acc[c] = START(i * ldy + j + c * LANES);
+            vec acc[COLS];
+            for (int c = 0; c < COLS; c++) acc[c] = START(i * ldy + j + c * LANES);
             for (int d = 0; d < n; d++) {
                 const vec *row = (const vec *)(M + d * ldm + j);
-                float x = X[i * ldx + d];
-                for (int c = 0; c < 4; c++) acc[c] += x * row[c];
+                const float x = X[i * ldx + d];
+                for (int c = 0; c < COLS; c++) acc[c] += x * row[c];
             }
-            for (int c = 0; c < 4; c++) *(vec *)(Y + i * ldy + j + c * LANES) = acc[c];
+            for (int c = 0; c < COLS; c++) *(vec *)(Y + i * ldy + j + c * LANES) = acc[c];
         }
     }
     for (; j < p; j += LANES) {
@@ -85,7 +104,7 @@ static void multiply(int m, int n, int p, const float *X, int ldx, const float *
             vec acc[ROWS];
             for (int r = 0; r < ROWS; r++) acc[r] = START((i + r) * ldy + j);
             for (int d = 0; d < n; d++) {
-                vec m0 = *(const vec *)(M + d * ldm + j);
+                const vec m0 = *(const vec *)(M + d * ldm + j);
                 for (int r = 0; r < ROWS; r++) acc[r] += X[(i + r) * ldx + d] * m0;
             }
             for (int r = 0; r < ROWS; r++) *(vec *)(Y + (i + r) * ldy + j) = acc[r];
@@ -124,20 +143,40 @@ typedef int lane_index __attribute__((vector_size(LANES * sizeof(int))));
 
 /* A LANES × LANES tile transposed in registers: log2(LANES) rounds, round h exchanging blocks of h lanes
    between rows h apart (row r takes the lower block of each 2h-lane pair from r and r + h, row r + h the
-   upper), so that after h = 8, 4, 2, 1 row i holds column i. */
-static const lane_index lower_blocks[4] = {
+   upper), so that after h = LANES/2, …, 2, 1 row i holds column i. Lane l of the lower mask takes lane
+   2h·⌊l/2h⌋ + l mod 2h of the first row while l mod 2h < h, else that lane − h of the second (index + LANES);
+   the upper mask the same, h lanes on. Written out per width, since a shuffle needs constant masks. */
+#define ROUNDS (LANES == 16 ? 4 : LANES == 8 ? 3 : 2)
+#if LANES == 16
+static const lane_index lower_blocks[ROUNDS] = {
     {0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23},
     {0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27},
     {0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29},
     {0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30},
 };
-static const lane_index upper_blocks[4] = {
+static const lane_index upper_blocks[ROUNDS] = {
     {8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31},
     {4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31},
     {2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31},
     {1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31},
 };
-_Static_assert(LANES == 16, "the transpose masks are written for 16 lanes");
+#elif LANES == 8
+static const lane_index lower_blocks[ROUNDS] = {
+    {0, 1, 2, 3, 8, 9, 10, 11},
+    {0, 1, 8, 9, 4, 5, 12, 13},
+    {0, 8, 2, 10, 4, 12, 6, 14},
+};
+static const lane_index upper_blocks[ROUNDS] = {
+    {4, 5, 6, 7, 12, 13, 14, 15},
+    {2, 3, 10, 11, 6, 7, 14, 15},
+    {1, 9, 3, 11, 5, 13, 7, 15},
+};
+#elif LANES == 4
+static const lane_index lower_blocks[ROUNDS] = {{0, 1, 4, 5}, {0, 4, 2, 6}};
+static const lane_index upper_blocks[ROUNDS] = {{2, 3, 6, 7}, {1, 5, 3, 7}};
+#else
+#error "LMSLEEP_LANES must be 4, 8 or 16"
+#endif
 
 /* Y[rows × cols] = factor · Xᵀ for X[cols × rows]; rows and cols multiples of LANES, row strides ldx and
    ldy multiples of LANES, X and Y aligned. */
@@ -148,7 +187,7 @@ static void transpose(int rows, int cols, const float *X, int ldx, float *Y, int
 #pragma GCC unroll 16
             for (int r = 0; r < LANES; r++) tile[r] = *(const vec *)(X + (j0 + r) * ldx + i0);
 #pragma GCC unroll 4
-            for (int round = 0; round < 4; round++) {
+            for (int round = 0; round < ROUNDS; round++) {
                 const int h = (LANES / 2) >> round;
 #pragma GCC unroll 16
                 for (int r = 0; r < LANES; r++)
@@ -173,11 +212,12 @@ static float dot(int n, const float *a, const float *b) {
         memcpy(&y, b + i, sizeof y);
         partial += x * y;
     }
-    /* Halves folded onto each other: 4 shuffles and adds rather than 15 scalar adds. */
-    partial += __builtin_shuffle(partial, (lane_index){8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7});
-    partial += __builtin_shuffle(partial, (lane_index){4, 5, 6, 7, 0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3});
-    partial += __builtin_shuffle(partial, (lane_index){2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1});
-    partial += __builtin_shuffle(partial, (lane_index){1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0});
+    /* Halves folded onto each other: log2(LANES) shuffles and adds rather than LANES − 1 scalar adds. */
+    for (int half = LANES / 2; half >= 1; half /= 2) {
+        lane_index across;
+        for (int l = 0; l < LANES; l++) across[l] = (l + half) % LANES;
+        partial += __builtin_shuffle(partial, across);
+    }
     float sum = partial[0];
     for (; i < n; i++) sum += a[i] * b[i];
     return sum;
