@@ -116,6 +116,10 @@ def _rel(a, b):
 @pytest.mark.parametrize("time,chunk_size,key_dim,value_dim", CASES,
                          ids=[f"T{t}-C{c}-K{k}-V{v}" for t, c, k, v in CASES])
 def test_native_matches_reference(time, chunk_size, key_dim, value_dim, with_state, threads):
+    check_against_reference(time, chunk_size, key_dim, value_dim, with_state, threads)
+
+
+def check_against_reference(time, chunk_size, key_dim, value_dim, with_state, threads):
     """The forward alone (nothing kept for a backward) and the forward + backward, against float64."""
     inputs = random_inputs(2, time, 3, key_dim, value_dim, torch.float32, with_state)
     _assert_matches(_native(inputs, key_dim**-0.5, chunk_size, threads), _reference(inputs, key_dim**-0.5))
@@ -124,6 +128,11 @@ def test_native_matches_reference(time, chunk_size, key_dim, value_dim, with_sta
     scale = key_dim**-0.5
     out, state, grads = _forward_and_grads(native_chunk_gated_delta_rule, inputs, grad_out, grad_state, scale,
                                            chunk_size=chunk_size, threads=threads)
+    assert_gradients_match(inputs, grad_out, grad_state, scale, out, state, grads)
+
+
+def assert_gradients_match(inputs, grad_out, grad_state, scale, out, state, grads):
+    """out, state and the gradients of (out·grad_out + state·grad_state) against the float64 reference's."""
     inputs64 = [None if x is None else x.detach().double().requires_grad_() for x in inputs]
     out_r, state_r, grads_r = _forward_and_grads(recurrent_gated_delta_rule, inputs64, grad_out.double(),
                                                  grad_state.double(), scale)

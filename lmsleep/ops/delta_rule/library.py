@@ -12,6 +12,7 @@ The library is called through ctypes, which releases the GIL, so threads can run
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import os
@@ -65,10 +66,9 @@ def _cpu_signature() -> str:
     return platform.platform() + platform.processor()
 
 
-def _build(compiler: str) -> Path:
+def _build(compiler: str, flags: list[str]) -> Path:
     source = SOURCE.read_bytes()
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
-    flags = FLAGS + target_flags()
     key = hashlib.sha256(b"\0".join([source, " ".join(flags).encode(), version.encode(),
                                      _cpu_signature().encode()])).hexdigest()[:16]
     target = cache_dir() / f"gated_delta_rule-{key}.so"
@@ -89,33 +89,69 @@ def _build(compiler: str) -> Path:
     return target
 
 
+def build(extra_flags: tuple[str, ...] = ()) -> ctypes.CDLL:
+    """Build (once: cached on disk) and load the library for `target_flags()` plus `extra_flags` (e.g.
+    ("-DLMSLEEP_LANES=4",) for another vector width); raises RuntimeError saying why it cannot."""
+    compiler = _compiler()
+    if compiler is None:
+        raise RuntimeError("no C compiler found ($CC, gcc or cc)")
+    path = _build(compiler, FLAGS + target_flags() + list(extra_flags))
+    lib = ctypes.CDLL(str(path))
+    pointer, ints = ctypes.c_void_p, ctypes.c_int
+    lib.lmsleep_gdr_forward.argtypes = ([pointer] * 5 + [ctypes.POINTER(ctypes.c_long)] + [pointer] * 3
+                                        + [ints] * 5 + [ctypes.c_float] + [ints] * 2 + [pointer] * 2)
+    lib.lmsleep_gdr_backward.argtypes = ([pointer] * 5 + [ctypes.POINTER(ctypes.c_long)] + [pointer] * 10
+                                         + [ints] * 5 + [ctypes.c_float] + [ints] * 2)
+    lib.lmsleep_gdr_forward.restype = lib.lmsleep_gdr_backward.restype = ctypes.c_int
+    lib.lmsleep_gdr_saved_sizes.argtypes = [ints] * 4 + [ctypes.POINTER(ctypes.c_long)]
+    lib.lmsleep_gdr_saved_sizes.restype = None
+    lib.lmsleep_gdr_lanes.restype = ctypes.c_int
+    lib.path = path
+    return lib
+
+
 def library():
-    """The loaded native library, or None when it cannot be had (see `error()` for why)."""
+    """The loaded native library, or None when it cannot be had (see `error()` for why). Inside
+    `built_with(...)`, the library built with those flags instead."""
+    if _override:
+        return _override[-1]
     with _lock:
         if "library" not in _state:
             _state["library"], _state["error"] = None, None
             try:
                 if os.environ.get("LMSLEEP_NATIVE", "1") == "0":
                     raise RuntimeError("disabled by LMSLEEP_NATIVE=0")
-                compiler = _compiler()
-                if compiler is None:
-                    raise RuntimeError("no C compiler found ($CC, gcc or cc)")
-                lib = ctypes.CDLL(str(_build(compiler)))
-                pointer, ints = ctypes.c_void_p, ctypes.c_int
-                lib.lmsleep_gdr_forward.argtypes = ([pointer] * 5 + [ctypes.POINTER(ctypes.c_long)] + [pointer] * 3
-                                                    + [ints] * 5 + [ctypes.c_float] + [ints] * 2 + [pointer] * 2)
-                lib.lmsleep_gdr_backward.argtypes = ([pointer] * 5 + [ctypes.POINTER(ctypes.c_long)] + [pointer] * 10
-                                                     + [ints] * 5 + [ctypes.c_float] + [ints] * 2)
-                lib.lmsleep_gdr_forward.restype = lib.lmsleep_gdr_backward.restype = ctypes.c_int
-                lib.lmsleep_gdr_saved_sizes.argtypes = [ints] * 4 + [ctypes.POINTER(ctypes.c_long)]
-                lib.lmsleep_gdr_saved_sizes.restype = None
-                _state["library"] = lib
+                _state["library"] = build()
             except Exception as error:  # any failure leaves the torch path in charge
                 _state["error"] = f"{type(error).__name__}: {error}"
                 if os.environ.get("LMSLEEP_NATIVE", "1") != "0":
                     warnings.warn(f"lmsleep: native gated delta rule unavailable, using the torch path ({error})",
                                   RuntimeWarning, stacklevel=2)
         return _state["library"]
+
+
+_override: list = []  # libraries `built_with` put in charge, innermost last
+
+
+@contextlib.contextmanager
+def built_with(*extra_flags: str):
+    """Within the block, the native op runs the library built with these extra flags (for tests and
+    benchmarks comparing vector widths, e.g. built_with("-DLMSLEEP_LANES=8")). Not thread-safe."""
+    _override.append(build(extra_flags))
+    try:
+        yield _override[-1]
+    finally:
+        _override.pop()
+
+
+def lanes() -> int:
+    """The vector width, in floats, the library was built for (16 with AVX-512, 8 with AVX2, 4 with NEON)."""
+    return library().lmsleep_gdr_lanes()
+
+
+def path() -> Path:
+    """The file the library was loaded from (the measurement of `choice.py` is kept beside it)."""
+    return library().path
 
 
 @torch.compiler.assume_constant_result  # torch.compile calls it while tracing (it takes a lock) and keeps the answer
@@ -151,7 +187,8 @@ def saved_sizes(time: int, key_dim: int, value_dim: int, length: int) -> tuple[i
 
 def saved_buffers(pairs: int, time: int, key_dim: int, value_dim: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Empty float32 buffers [pairs, n] for what the forward keeps (states, U), each row 64-byte aligned as
-    the library's vector loads need (torch's CPU allocator aligns to 64 bytes; this does not rely on it)."""
+    the library's vector loads need (torch's CPU allocator aligns to 64 bytes; this does not rely on it).
+    Every size is a whole number of 16 floats (the library's padding, whatever its vector width)."""
     buffers = []
     for size in saved_sizes(time, key_dim, value_dim, length):
         memory = torch.empty(pairs * size + 16, dtype=torch.float32)

@@ -23,8 +23,8 @@
        dq, dk, dβ from those, and dG_i = q_i·dq_i − k_i·dk_i + 2 β_i k_i·d(β·K)_i (+ ⟨S', dS'⟩ at the
        chunk's last token), as chunk_fast.py's backward explains; dg is the reverse cumsum of dG.
 
-   Every buffer is padded to whole vectors (LANES floats, below) with zeros, and so is every chunk: it is
-   laid out as C = ⌈length / LANES⌉·LANES rows, those past its tokens (and past the end of the sequence) standing for
+   Every buffer is padded to whole blocks of PAD = 16 floats (a whole number of vectors on every width
+   below) with zeros, and so is every chunk: it is laid out as C = ⌈length / 16⌉·16 rows, those past its tokens (and past the end of the sequence) standing for
    tokens whose q = k = v = 0, β = 0 and g = 0, which change nothing.
    Called from Python through ctypes (lmsleep/ops/delta_rule/library.py; native.py wraps it as an
    autograd Function) for a range of (row, head) pairs, so that threads can share the work; the GIL is
@@ -55,11 +55,12 @@
 #define COLS 2  /* 16 vector registers: 8 accumulators */
 #endif
 typedef float vec __attribute__((vector_size(LANES * sizeof(float))));
+#define PAD 16  /* every row padded to a multiple of this many floats, whatever the width (the layout Python sizes) */
 
 /* The width the library was built with (library.py reports it). */
 int lmsleep_gdr_lanes(void) { return LANES; }
 
-static int round_up(int n) { return (n + LANES - 1) / LANES * LANES; }
+static int round_up(int n) { return (n + PAD - 1) / PAD * PAD; }
 
 /* Y[m × p] = init_scale · init + X[m × n] · M[n × p], where init (row stride ldy, may be Y itself) is NULL
    for zeros. p is a multiple of LANES; Y, init and M rows are LANES-aligned. ROWS rows of Y by up to COLS
@@ -254,7 +255,7 @@ static int arena_open(Arena *arena) {
 
 static float *take(Arena *arena, size_t floats) {
     float *piece = arena->memory ? arena->memory + arena->used : NULL;
-    arena->used += (floats + LANES - 1) / LANES * LANES;
+    arena->used += (floats + PAD - 1) / PAD * PAD;
     return piece;
 }
 
