@@ -7,6 +7,7 @@
     native.py      native_chunk_gated_delta_rule: the same in C, float32 on a CPU (an autograd Function)
     native_op.py   the native op registered with torch.library (what torch.compile / torch.export trace)
     library.py     builds csrc/gated_delta_rule.c on first use, loads it, calls it through ctypes
+    choice.py      whether auto runs the native op here: timed once against the torch path, kept beside the build
     fla.py         fla_chunk_gated_delta_rule: flash-linear-attention's kernel (CUDA, optional import)
     common.py      what the two fast paths share: chunk lengths, threads over (batch row, head) blocks
 

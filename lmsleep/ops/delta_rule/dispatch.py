@@ -12,14 +12,16 @@ Backends, each in a file of its own beside this one and each tested against the 
     "fla"        fla.py         flash-linear-attention's Triton kernel: CUDA only, when fla is installed
     "auto"       the default; `auto_backend` says what it picks, in this order:
                  fla for CUDA tensors when fla is installed; the reference for one token (streaming: the
-                 recurrence is a handful of small ops); native when the op is computed in float32 on a CPU
-                 and the library builds (not with LMSLEEP_NATIVE=0); the torch path otherwise.
+                 recurrence is a handful of small ops); native when the op is computed in float32 on a CPU,
+                 the library builds (not with LMSLEEP_NATIVE=0) and it measured no slower than the torch
+                 path on this machine (`choice.py`: timed once, kept beside the build); the torch path
+                 otherwise. `choice.reason()` says which, and why.
 """
 from __future__ import annotations
 
 import torch
 
-from . import fla, native
+from . import choice, fla, native
 from .chunk import CHUNK_SIZE, chunk_gated_delta_rule
 from .chunk_fast import fast_chunk_gated_delta_rule
 from .naive import recurrent_gated_delta_rule
@@ -105,7 +107,7 @@ def auto_backend(
         return "fla"
     if q.shape[1] == 1:
         return "reference"
-    if native.unavailable_reason(*tensors, dtype=_compute_dtype(q.dtype)) is None:
+    if native.unavailable_reason(*tensors, dtype=_compute_dtype(q.dtype)) is None and choice.prefers_native():
         return "native"
     return "torch"
 
