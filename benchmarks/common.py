@@ -10,15 +10,24 @@ import time
 import torch
 
 
+VECTOR_FLAGS = ("avx512f", "avx2", "fma", "avx", "asimd", "sve")  # the CPU features the native op's speed depends on
+
+
 def machine() -> dict:
-    cpu = platform.processor() or "unknown"
+    cpu, family, vectors = platform.processor() or "unknown", "", []
     try:
         with open("/proc/cpuinfo") as handle:
-            cpu = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), cpu)
+            info = dict(line.split(":", 1) for line in handle.read().split("\n\n")[0].splitlines() if ":" in line)
+        info = {key.strip(): value.strip() for key, value in info.items()}
+        cpu = info.get("model name", cpu)
+        family = f"family {info.get('cpu family', '?')} model {info.get('model', '?')}" if "cpu family" in info else ""
+        present = set((info.get("flags") or info.get("Features") or "").split())
+        vectors = [flag for flag in VECTOR_FLAGS if flag in present]
     except OSError:
         pass
-    return {"cpu": cpu, "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+    return {"cpu": cpu, "cpu_family": family, "cpu_vectors": " ".join(vectors), "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "python": platform.python_version(),
+            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
 
 
 def median_seconds(fn, repeats: int, warmup: int = 1) -> float:

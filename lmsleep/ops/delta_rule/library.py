@@ -2,7 +2,8 @@
 use, then loaded and called through ctypes. `native.py` wraps it as a torch autograd Function.
 
 The C file is compiled with the machine's C compiler (`$CC`, else `gcc` or `cc` on PATH; it uses GCC's
-vector extensions, so GCC or a compiler that accepts them) for the machine's own CPU (-march=native) into
+vector extensions, so GCC or a compiler that accepts them) for the machine's own CPU (-march=native, or
+$LMSLEEP_NATIVE_TARGET; the source picks its vector width from that target: 16, 8 or 4 floats) into
 a cache folder (`$LMSLEEP_CACHE_DIR`, else `$XDG_CACHE_HOME/lmsleep` or
 `~/.cache/lmsleep`), under a name that depends on the source, the flags, the compiler and the CPU, so a
 changed file or another machine sharing the folder gets a build of its own. No compiler, a failed build,
