@@ -7,7 +7,6 @@ import argparse
 from . import bases_cli, demo
 from .bench import cli as bench
 
-HELP = "the continual learner of paper 2 (memory levels, knowledge seeding, dreaming): `continual demo`, `continual bench NAME`"
 COMMANDS = {"demo": demo, "bench": bench, "base": bases_cli}
 
 
