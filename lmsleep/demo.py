@@ -17,8 +17,6 @@ from .stream import SleepStream
 from .tasks import decode, encode, rule110
 from .train import TrainConfig, Trainer
 
-HELP = "train a tiny sleep model for about a minute, then stream through it"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")

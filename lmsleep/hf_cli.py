@@ -14,8 +14,6 @@ from pathlib import Path
 from .io import CONFIG_FILE, load_model
 from .rundir import RunDirectory
 
-HELP = "convert a trained model (run or model directory) to Hugging Face transformers' format"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", metavar="RUN_OR_MODEL_DIR",

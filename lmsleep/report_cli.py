@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "plots and a Markdown report from a sweep directory"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("directory", help="runs/<sweep> (runs as children) or results/<sweep> (runs under runs/)")

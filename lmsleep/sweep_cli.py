@@ -6,8 +6,6 @@ from pathlib import Path
 
 from . import validate
 
-HELP = "run a grid of training jobs, then write the report (default: the built-in Rule 110 N=1 vs N=4)"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", nargs="?", help="sweep JSON file (default: the built-in quick sweep)")

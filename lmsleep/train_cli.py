@@ -12,8 +12,6 @@ from . import validate
 from .config import MODEL_KINDS, model_fields
 from .train import TrainConfig, Trainer
 
-HELP = "train a model on a task (Muon + AdamW, checkpoints, --resume, torchrun)"
-
 MODEL_FLAGS = {  # flag -> SleepConfig field
     "layout": "layout", "d_model": "d_model", "n_heads": "n_heads", "head_dim": "head_dim",
     "n_fast_heads": "n_fast_heads", "fast_key_dim": "fast_key_dim", "fast_value_dim": "fast_value_dim",

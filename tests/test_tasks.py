@@ -250,21 +250,13 @@ def test_batch_refuses_examples_of_different_lengths():
 
 # CLI
 
-@pytest.fixture
-def data_only_cli(monkeypatch):
-    """`lmsleep.cli.main` with only the data subcommand wired."""
-    assert "data" in cli.SUBCOMMANDS
-    monkeypatch.setattr(cli, "SUBCOMMANDS", {"data": cli.SUBCOMMANDS["data"]})
-    return cli.main
-
-
 @pytest.mark.parametrize("argv", [
     ["rule110", "--t", "4", "--bits", "6", "--strings", "3"],
     ["depo", "--nodes", "9", "--queries", "3", "--k-max", "5", "--window", "12"],
     ["math", "--ops", "3", "--distractors", "2"],
 ], ids=["rule110", "depo", "math"])
-def test_cli_prints_json_lines(data_only_cli, capsys, argv):
-    assert data_only_cli(["data", *argv, "--n", "3", "--seed", "5"]) == 0
+def test_cli_prints_json_lines(capsys, argv):
+    assert cli.main(["data", *argv, "--n", "3", "--seed", "5"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 3
     module = TASKS[argv[0]]
@@ -286,16 +278,16 @@ def test_cli_prints_json_lines(data_only_cli, capsys, argv):
     (["math", "--modulus", "4"], "math.Options.modulus must be one of (2, 3, 5, 7), got 4"),
     (["rule110", "--n", "-1"], "generate.n must be an integer >= 0, got -1"),
 ], ids=["depo-k", "math-modulus", "negative-n"])
-def test_cli_bad_options_exit_2_with_the_message(data_only_cli, capsys, argv, message):
-    assert data_only_cli(["data", *argv]) == 2
+def test_cli_bad_options_exit_2_with_the_message(capsys, argv, message):
+    assert cli.main(["data", *argv]) == 2
     assert message in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv", [["rule110", "--nodes", "5"], ["chess"], ["depo", "--k", "x"]],
                          ids=["flag-of-another-task", "unknown-task", "not-an-int"])
-def test_cli_unknown_flags_are_argparse_errors(data_only_cli, argv):
+def test_cli_unknown_flags_are_argparse_errors(argv):
     with pytest.raises(SystemExit) as exit_info:
-        data_only_cli(["data", *argv])
+        cli.main(["data", *argv])
     assert exit_info.value.code == 2
 
 

@@ -8,7 +8,6 @@ import json
 
 from .bench import load
 
-HELP = "build or load a world's pretrained base (facts, languages, puzzles) into the cache; print its gate numbers"
 WORLDS = {"facts": "knowledge", "languages": "sequential", "puzzles": "puzzles"}
 
 

@@ -1,22 +1,24 @@
-"""`lmsleep continual …`: the continual learner's commands (a family: each subcommand is a module exporting
-HELP, add_arguments and run, as the top-level commands are)."""
+"""`lmsleep continual …`: the continual learner's commands.
+A family: each subcommand is a module exporting add_arguments and run, listed here with its line of help and
+imported only when chosen, as the top-level commands are (lmsleep.cli)."""
 from __future__ import annotations
 
 import argparse
 
-from . import bases_cli, demo
-from .bench import cli as bench
+from ..cli import Command, add_commands
 
-HELP = "the continual learner of paper 2 (memory levels, knowledge seeding, dreaming): `continual demo`, `continual bench NAME`"
-COMMANDS = {"demo": demo, "bench": bench, "base": bases_cli}
+COMMANDS = {
+    "demo": Command("lmsleep.continual.demo",
+                    "read a passage about a new person, sleep, answer closed-book (about 2 minutes on 2 cores)"),
+    "bench": Command("lmsleep.continual.bench.cli", "the paper-2 benchmarks (knowledge, sequential, puzzles, "
+                     "efficiency, levels): results JSON, a plot, a report"),
+    "base": Command("lmsleep.continual.bases_cli", "build or load a world's pretrained base (facts, languages, "
+                    "puzzles) into the cache; print its gate numbers"),
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="continual_command", required=True, metavar="COMMAND")
-    for name, module in COMMANDS.items():
-        command = sub.add_parser(name, help=module.HELP, description=module.__doc__.splitlines()[0])
-        module.add_arguments(command)
-        command.set_defaults(continual_run=module.run)
+    add_commands(parser, "continual_command", COMMANDS, "continual_run", metavar="COMMAND")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -22,8 +22,6 @@ from ..tasks import facts, score
 from .base import pretrained_base
 from .learner import ContinualLearner, LearnerConfig
 
-HELP = "read a passage about a new person, sleep, answer closed-book (about 2 minutes on 2 cores)"
-
 # One person per passage, three attributes: a reader this small learns it in a few hundred steps.
 WORLD = facts.Options(entities=1, attributes=3, values=8, questions=3, pool=1, ask_loss=1)
 MODEL = {"layout": "AA", "eviction": "none", "d_model": 64, "memory_levels": 2, "expert_pool": 4,

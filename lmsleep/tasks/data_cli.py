@@ -13,8 +13,6 @@ from dataclasses import asdict, fields
 
 from . import TASKS
 
-HELP = "print generated task examples (rule110, depo, math, facts) as JSON lines"
-
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")

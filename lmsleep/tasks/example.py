@@ -16,14 +16,17 @@ stack into a batch without padding.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple, Sequence
-
-import torch
+from typing import TYPE_CHECKING, NamedTuple, Sequence
 
 from .vocab import CHARACTERS, Vocabulary
 
 NOT_AN_ANSWER = -1
 TRAINED_ONLY = -2  # answer_id of text with loss that is not scored (`Trained`)
+
+# Generating examples needs no torch; the tensor helpers below import it when called, so that
+# `lmsleep data` starts at once.
+if TYPE_CHECKING:
+    import torch
 
 
 class Answer(NamedTuple):
@@ -101,6 +104,8 @@ def batch(examples: Sequence[Example]) -> dict[str, torch.Tensor]:
     lengths = sorted({len(example) for example in examples})
     if len(lengths) != 1:
         raise ValueError(f"examples must all have the same length to be batched, got lengths {lengths}")
+    import torch
+
     keys = ("tokens", "targets", "loss_mask", "bucket", "answer_id")
     return {key: torch.tensor([getattr(example, key) for example in examples], dtype=torch.long) for key in keys}
 
@@ -115,6 +120,8 @@ def score(predicted: torch.Tensor, batched: dict[str, torch.Tensor]) -> dict:
       per_answer:  [n_answers] accuracy of the i-th answer (rule110's per-label accuracy)
       per_bucket:  {bucket: accuracy of the answers in that bucket} (per t, per k, per op count)
     """
+    import torch
+
     token_right = (predicted == batched["targets"]) | (batched["loss_mask"] == 0)  # [n, T]
     n_answers = int(batched["answer_id"].max()) + 1
     right, bucket = [], []  # per answer: [n]
@@ -131,13 +138,15 @@ def score(predicted: torch.Tensor, batched: dict[str, torch.Tensor]) -> dict:
     }
 
 
-@torch.no_grad()
 def answer_accuracy(model, batched: dict[str, torch.Tensor]) -> float:
     """The one evaluator of answers: the fraction of answers in `batched` (batch()'s tensors) that `model`
     predicts right, greedy and teacher-forced, in eval mode."""
+    import torch
+
     was_training = model.training
     model.eval()
     try:
-        return score(model(batched["tokens"]).argmax(-1), batched)["answer"]
+        with torch.no_grad():
+            return score(model(batched["tokens"]).argmax(-1), batched)["answer"]
     finally:
         model.train(was_training)

@@ -3,7 +3,8 @@ progress bar, per-seed result files that survive a crash, mean ± std over seeds
 
 A benchmark is a module exporting
 
-    NAME, HELP                      its name on the command line and one line of help
+    NAME, HELP                      its name on the command line and one line of help (a string literal:
+                                    the command line reads it without importing the module)
     add_arguments(parser)           its own flags (sizes, systems); the runner adds --seeds, --out, --threads
     estimate(args) -> seconds       how long one seed takes on 2 cores, its bases cached (said before it starts)
     units(args) -> int              progress units per seed (the benchmark calls tick() once per unit)
