@@ -8,7 +8,7 @@
 Needs the optional extra `real` (pip install 'lmsleep[real]'). Nothing is fetched from the network
 (local_files_only). A GGUF file's architecture is read from its metadata before anything is loaded, and
 only the decoder layouts continual.attach is tested on are accepted (ARCHITECTURES). Loading the GGUF
-dequantises every tensor (~20–30 s for SmolLM2 on 2 cores): a line on stderr says so before, and how long
+dequantises every tensor (~25 s for SmolLM2 on 2 cores): a line on stderr says so before, and how long
 it took after.
 """
 from __future__ import annotations
@@ -22,8 +22,8 @@ from pathlib import Path
 
 EXTRA = "pip install 'lmsleep[real]'"
 ARCHITECTURES = ("llama", "qwen2", "qwen3")  # GGUF `general.architecture` values (Llama / SmolLM2, Qwen2, Qwen3)
-# Measured on 2 shared cores: SmolLM2's 98 MB Q4_1 file loads (imports, tokenizer, dequantisation) in 20–26 s.
-SECONDS_PER_GGUF_MB = 0.27
+# Measured on 2 shared cores: SmolLM2's 98 MB Q4_1 file loads (metadata, imports, tokenizer, dequantisation) in 23–28 s.
+SECONDS_PER_GGUF_MB = 0.22
 SECONDS_PER_WEIGHTS_MB = 0.01  # a directory's safetensors are read, not converted
 SECONDS_FIXED = 5.0  # importing transformers, building the tokenizer
 
@@ -105,8 +105,10 @@ def load_causal_lm(source: str | Path):
     path, label = resolve(source)
     gguf = path.is_file()
     _require("transformers", *(["gguf"] if gguf else []))
+    print(f"loading {label} (about {estimate_seconds(path):.0f} s)…", file=sys.stderr, flush=True)
+    start = time.perf_counter()
     if gguf:
-        architecture = gguf_architecture(path)
+        architecture = gguf_architecture(path)  # ~2 s for SmolLM2: the metadata holds the tokenizer's vocabulary
         if architecture not in ARCHITECTURES:
             raise ValueError(f"{str(path)!r} holds a {architecture!r} model; supported GGUF architectures: "
                              f"{ARCHITECTURES} (the decoder layouts continual.attach is tested on)")
@@ -115,8 +117,6 @@ def load_causal_lm(source: str | Path):
     where = dict(pretrained_model_name_or_path=path.parent if gguf else path, local_files_only=True)
     if gguf:
         where["gguf_file"] = path.name
-    print(f"loading {label} (about {estimate_seconds(path):.0f} s)…", file=sys.stderr, flush=True)
-    start = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(**where)
     model = AutoModelForCausalLM.from_pretrained(**where).eval()
     print(f"loaded {label} in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
