@@ -9,7 +9,8 @@ Base experts are SwiGLU MLPs, or one existing module passed as `base=` (a pretra
 as it is: no weights copied; continual.attach); with one base expert there is nothing to route and
 Level(x) = Base(x) exactly, so a model with one level and no unlocked expert computes what a plain SwiGLU
 block (or the pretrained MLP) computes. With no base expert (base_experts=0) a level is its pool alone:
-Level(x) = Σ_{j active} g_j · B_j (A_j x), zero until an expert is unlocked and trained. With several, the router sends each token to its top-1 base expert, weighted by its softmax probability
+Level(x) = Σ_{j active} g_j · B_j (A_j x), zero until an expert is unlocked and trained. With several base
+experts, the router sends each token to its top-1 base expert, weighted by its softmax probability
 (Switch-style, so the router learns). While `dreaming` (sleep stage 2), every router additionally sends
 each token to one random other base expert.
 
