@@ -135,3 +135,40 @@ def test_a_model_with_unlocked_experts_saves_and_loads_exactly(tmp_path):
     tokens = random_tokens(model, 2, 9)
     with torch.no_grad():
         assert torch.equal(loaded(tokens), model(tokens))
+
+
+def test_a_level_can_hold_an_existing_module_as_its_base():
+    torch.manual_seed(0)
+    mlp = torch.nn.Sequential(torch.nn.Linear(12, 20), torch.nn.GELU(), torch.nn.Linear(20, 12)).double()
+    lvl = MemoryLevel(12, None, base=mlp, pool=2, dtype=torch.float64)
+    assert lvl.base[0] is mlp and lvl.A.dtype == torch.float64
+    x = torch.randn(2, 4, 12, dtype=torch.float64)
+    assert torch.equal(lvl(x), mlp(x))
+    with pytest.raises(ValueError, match="a level given a base module has exactly one base expert, got base_experts=2"):
+        MemoryLevel(12, None, base=mlp, base_experts=2)
+
+
+def test_a_level_without_base_experts_is_its_pool_alone():
+    lvl = level(base_experts=0, pool=2)
+    x = torch.randn(2, 4, 12, dtype=torch.float64)
+    assert len(lvl.base) == 0 and torch.equal(lvl(x), torch.zeros_like(x))
+    slot = lvl.unlock()
+    train_slot(lvl, slot)
+    gates = torch.sigmoid(4.0 * x @ lvl.pool_router[slot] - 4.0)
+    expected = gates[..., None] * torch.einsum("...r,dr->...d", x @ lvl.A[slot].t(), lvl.B[slot])
+    torch.testing.assert_close(lvl(x), expected)
+    lvl.dreaming = torch.Generator().manual_seed(0)  # the random extra expert can only be the pool's
+    torch.testing.assert_close(lvl(x), torch.einsum("...r,dr->...d", x @ lvl.A[slot].t(), lvl.B[slot]))
+
+
+def test_a_chain_over_an_existing_mlp_computes_it_until_an_expert_learns():
+    torch.manual_seed(0)
+    mlp = SwiGLU(12, 20).double()
+    chain = MemoryLevels(12, None, 3, base=mlp, pool=2, dtype=torch.float64)
+    assert chain.levels[-1].base[0] is mlp and [len(lvl.base) for lvl in chain.levels] == [0, 0, 1]
+    x = torch.randn(2, 4, 12, dtype=torch.float64)
+    assert torch.equal(chain(x), mlp(x))
+    fast = chain.levels[0]
+    train_slot(fast, fast.unlock())
+    y1 = fast(x)
+    torch.testing.assert_close(chain(x), y1 + mlp(x + y1))  # h_1 = x + y_1 feeds the slower levels

@@ -13,4 +13,21 @@ Where each part of the spec lives:
     The learner (wake / sleep / save)  learner.py
     Continual-learning metrics         metrics.py (ACC, BWT, FWT, forgetting)
     Our reproduction                   base.py (a cached base for the facts world), demo.py, cli.py
+    Hugging Face causal LMs            hf_levels.py (attach / detach memory levels), real_base.py (load a
+                                       real base offline: a model directory, a GGUF file, "smollm2")
 """
+
+# Exported lazily (PEP 562), so that `import lmsleep.continual` (the command line's help) stays free of torch.
+_EXPORTS = {
+    "attach": "hf_levels", "detach": "hf_levels", "levels_of": "hf_levels",
+    "load_causal_lm": "real_base",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        from importlib import import_module
+
+        return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

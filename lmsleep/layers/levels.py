@@ -5,9 +5,12 @@
     Level        = router + base expert(s) + a pool of low-rank experts, masked until a sleep unlocks one:
                    Level(x) = Σ_{e ∈ routed} p_e · Base_e(x)  +  Σ_{j active} g_j · B_j (A_j x)
 
-Base experts are SwiGLU MLPs; with one base expert there is nothing to route and Level(x) = Base(x)
-exactly, so a model with one level and no unlocked expert computes what a plain SwiGLU block computes.
-With several, the router sends each token to its top-1 base expert, weighted by its softmax probability
+Base experts are SwiGLU MLPs, or one existing module passed as `base=` (a pretrained model's MLP, held
+as it is: no weights copied; continual.attach); with one base expert there is nothing to route and
+Level(x) = Base(x) exactly, so a model with one level and no unlocked expert computes what a plain SwiGLU
+block (or the pretrained MLP) computes. With no base expert (base_experts=0) a level is its pool alone:
+Level(x) = Σ_{j active} g_j · B_j (A_j x), zero until an expert is unlocked and trained. With several base
+experts, the router sends each token to its top-1 base expert, weighted by its softmax probability
 (Switch-style, so the router learns). While `dreaming` (sleep stage 2), every router additionally sends
 each token to one random other base expert.
 
@@ -49,18 +52,27 @@ class ExpertPoolExhausted(ValueError):
 
 
 class MemoryLevel(nn.Module):
-    def __init__(self, d_model: int, hidden: int, *, base_experts: int = 1, rank: int = 4, pool: int = 4,
-                 gating: str = "sigmoid"):
+    """hidden: the SwiGLU base experts' width (unused with `base` or base_experts=0); base: an existing module
+    [..., d] → [..., d] to hold as the single base expert instead; device / dtype: of the pool tensors."""
+
+    def __init__(self, d_model: int, hidden: int | None, *, base_experts: int = 1, rank: int = 4, pool: int = 4,
+                 gating: str = "sigmoid", base: nn.Module | None = None, device=None, dtype=None):
         super().__init__()
         if gating not in GATINGS:
             raise ValueError(f"gating must be one of {GATINGS}, got {gating!r}")
-        self.base = nn.ModuleList(SwiGLU(d_model, hidden) for _ in range(base_experts))
-        self.router = nn.Linear(d_model, base_experts, bias=False) if base_experts > 1 else None
+        if base is not None and base_experts != 1:
+            raise ValueError(f"a level given a base module has exactly one base expert, got base_experts={base_experts}")
+        if base is not None:
+            self.base = nn.ModuleList([base])
+        else:
+            self.base = nn.ModuleList(SwiGLU(d_model, hidden) for _ in range(base_experts))
+        self.router = nn.Linear(d_model, base_experts, bias=False, device=device, dtype=dtype) if base_experts > 1 else None
         # Not nn.Linear, so the model's weight initialisation leaves them at zero: the masked state.
-        self.A = nn.Parameter(torch.zeros(pool, rank, d_model))
-        self.B = nn.Parameter(torch.zeros(pool, d_model, rank))
-        self.pool_router = nn.Parameter(torch.zeros(pool, d_model))  # gate weights r_j of the low-rank experts
-        self.register_buffer("active", torch.zeros(pool, dtype=torch.bool))
+        like = dict(device=device, dtype=dtype)
+        self.A = nn.Parameter(torch.zeros(pool, rank, d_model, **like))
+        self.B = nn.Parameter(torch.zeros(pool, d_model, rank, **like))
+        self.pool_router = nn.Parameter(torch.zeros(pool, d_model, **like))  # gate weights r_j of the low-rank experts
+        self.register_buffer("active", torch.zeros(pool, dtype=torch.bool, device=device))
         # Routers and low-rank factors are not hidden matrices for Muon (SleepLM.optimizer_groups reads this).
         for p in (self.A, self.B, self.pool_router, *([self.router.weight] if self.router is not None else [])):
             p.optimizer_group = "adamw"
@@ -168,7 +180,7 @@ class MemoryLevel(nn.Module):
     def _random_extra(self, x: torch.Tensor, slots: list[int]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """While dreaming: per token one random expert among the other base experts and the active low-rank
         ones. Returns (extra base expert [..., experts] or None, forced low-rank slot [..., a] or None)."""
-        others = len(self.base) - 1
+        others = max(len(self.base) - 1, 0)
         candidates = others + len(slots)
         if candidates == 0:
             return None, None
@@ -185,7 +197,11 @@ class MemoryLevel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         slots = self.active_slots()
-        if self.router is None:
+        if not self.base:  # the pool alone
+            self.last_routed = torch.ones(*x.shape[:-1], 0, dtype=torch.bool)
+            y = x.new_zeros(x.shape)
+            probs = None
+        elif self.router is None:
             self.last_routed = torch.ones(*x.shape[:-1], 1, dtype=torch.bool)
             y = self.base[0](x)
             probs = None
@@ -212,13 +228,25 @@ class MemoryLevel(nn.Module):
 
 
 class MemoryLevels(nn.Module):
-    """A chain of k memory levels in a block's MLP slot (see the module docstring)."""
+    """A chain of k memory levels in a block's MLP slot (see the module docstring), fast → slow.
 
-    def __init__(self, d_model: int, hidden: int, levels: int, **level_options):
+    base: an existing MLP (a pretrained model's) to hold, not copy, as the base expert of the slowest level;
+    the faster levels then have no base expert (their pool alone), so the chain computes base(x) exactly until
+    an expert is unlocked and trained. Why the slowest: a pretrained transformer is one frozen level (spec),
+    the longest-term memory; the levels added in front of it are new, faster memories."""
+
+    def __init__(self, d_model: int, hidden: int | None, levels: int, *, base: nn.Module | None = None,
+                 **level_options):
         super().__init__()
         if levels < 1:
             raise ValueError(f"levels must be at least 1, got {levels}")
-        self.levels = nn.ModuleList(MemoryLevel(d_model, hidden, **level_options) for _ in range(levels))
+        if base is None:
+            chain = [MemoryLevel(d_model, hidden, **level_options) for _ in range(levels)]
+        else:
+            fast = {**level_options, "base_experts": 0}
+            chain = [MemoryLevel(d_model, hidden, **fast) for _ in range(levels - 1)]
+            chain.append(MemoryLevel(d_model, hidden, base=base, **level_options))
+        self.levels = nn.ModuleList(chain)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, out = x, None
