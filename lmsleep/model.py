@@ -279,6 +279,22 @@ class SleepLM(nn.Module):
             raise ValueError("passes must be 1 for a model with eviction='none' (it never sleeps)")
         return passes
 
+    # ----- what a continual learner's file keeps (the protocol continual.causal_lm describes) -----
+
+    def learner_tensors(self) -> dict[str, torch.Tensor]:
+        """Everything: a SleepLM is trained here, so a learner file keeps the whole model."""
+        return self.state_dict()
+
+    def load_learner_tensors(self, tensors: dict[str, torch.Tensor], source: str = "learner state") -> None:
+        self.load_state_dict(tensors)
+
+    def check_config(self, saved: SleepConfig, source: str) -> None:
+        """Refuse a file written for a model of another config, naming what differs."""
+        if saved != self.config:
+            from .io import config_diff
+
+            raise ValueError(f"{source} was saved for another model config: {config_diff(self.config, saved)}")
+
     # ----- accounting (the model's own, as in nanoGPT / nanochat) -----
 
     def optimizer_groups(self) -> dict[str, list[nn.Parameter]]:

@@ -214,11 +214,18 @@ class SleepStream:
             raise ValueError(f"memory state entry {head}* does not fit block {index}: {error}") from None
 
 
+def open_stream(model, batch_size: int = 1):
+    """A stream reading into `model`, rows side by side: the model's own (`model.new_stream(batch_size)`: an
+    attached transformers model's KV cache, continual.causal_lm) or, for a SleepLM, a SleepStream."""
+    make = getattr(model, "new_stream", None)
+    return make(batch_size) if make is not None else SleepStream(model, batch_size=batch_size)
+
+
 def sample(model, prompts: torch.Tensor, length: int, temperature: float, seed: int,
            context: torch.Tensor | None = None) -> torch.Tensor:
     """Sequences [n, prompt + length] sampled from `model` (a batched, seeded SleepStream) after it reads
     `context` [n, c] (not returned): the one sampler of replay, dreams and restatements."""
-    stream = SleepStream(model, batch_size=prompts.shape[0])
+    stream = open_stream(model, prompts.shape[0])
     if context is not None:
         stream.feed(context)
     return torch.cat([prompts, stream.generate(prompts, length, temperature=temperature, seed=seed)], dim=1)

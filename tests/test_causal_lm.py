@@ -8,7 +8,8 @@ pytest.importorskip("transformers")
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM  # noqa: E402
 
 from lmsleep.continual import attach  # noqa: E402
-from lmsleep.continual.causal_lm import AttachedLM, AttachedStream, fingerprint, model_stream  # noqa: E402
+from lmsleep.continual.causal_lm import AttachedLM, AttachedStream, fingerprint  # noqa: E402
+from lmsleep.stream import open_stream  # noqa: E402
 from lmsleep.continual.levels import level_modules  # noqa: E402
 
 TINY = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4,
@@ -41,7 +42,7 @@ def test_protocol_surface(lm):
 
 def test_the_stream_reads_in_pieces_what_the_model_reads_at_once(lm):
     tokens = torch.randint(0, 64, (3, 11))
-    stream = model_stream(lm, 3)
+    stream = open_stream(lm, 3)
     assert isinstance(stream, AttachedStream)
     pieces = torch.cat([stream.feed(tokens[:, :4]), stream.feed(tokens[:, 4:5]), stream.feed(tokens[:, 5:])], dim=1)
     with torch.no_grad():
@@ -50,16 +51,16 @@ def test_the_stream_reads_in_pieces_what_the_model_reads_at_once(lm):
 
 def test_greedy_generation_equals_transformers_generate(lm):
     prompt = torch.randint(0, 64, (2, 5))
-    ours = model_stream(lm, 2).generate(prompt, 7)
+    ours = open_stream(lm, 2).generate(prompt, 7)
     theirs = lm.lm.generate(prompt, max_new_tokens=7, do_sample=False, attention_mask=torch.ones_like(prompt))
     assert torch.equal(ours, theirs[:, 5:])
 
 
 def test_sampling_is_seeded_and_rows_can_be_repeated(lm):
     prompt = torch.randint(0, 64, (2, 4))
-    a, b = (model_stream(lm, 2).generate(prompt, 6, temperature=1.0, seed=3) for _ in range(2))
+    a, b = (open_stream(lm, 2).generate(prompt, 6, temperature=1.0, seed=3) for _ in range(2))
     assert torch.equal(a, b)
-    stream = model_stream(lm, 2)
+    stream = open_stream(lm, 2)
     stream.feed(prompt)
     stream.take_rows(torch.tensor([1, 1, 0]))
     follow = torch.randint(0, 64, (3, 2))
@@ -93,4 +94,4 @@ def test_the_fingerprint_tells_bases_apart_and_ignores_experts(lm):
     other = AttachedLM(attach(MAKERS["llama"]().eval(), layers=[0, 2], levels=2, pool=3), name="tiny")
     assert other.config.fingerprint != lm.config.fingerprint
     with pytest.raises(ValueError, match="saved for the base"):
-        lm.check_base(other.config, "learner state x.safetensors")
+        lm.check_config(other.config, "learner state x.safetensors")

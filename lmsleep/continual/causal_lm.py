@@ -8,11 +8,13 @@ transformers model:
     model.loss(tokens, targets, mask)   mean cross-entropy where mask is 1
     model.check_tokens(tokens, name)    a clear error for ids outside the vocabulary
     model.blocks                 the layers holding levels: blocks[i].mlp.levels[ℓ] (continual.levels.level_modules)
-    model_stream(model, batch)   a stream that reads tokens with a KV cache: feed(tokens) -> logits,
-                                 generate(prompt, n, temperature=, seed=) (stream.SleepStream for SleepLM)
+    stream.open_stream(model, n) a stream that reads tokens with a KV cache: feed(tokens) -> logits,
+                                 generate(prompt, n, temperature=, seed=) (`model.new_stream(n)` where the
+                                 model has one; a SleepStream for SleepLM)
     model.learner_tensors()      what a learner file keeps of the model (all of a SleepLM; only what attach
-                                 added to a pretrained base: the pools, masks and gates), and
-    model.load_learner_tensors(tensors)
+                                 added to a pretrained base: the pools, masks and gates),
+    model.load_learner_tensors(tensors, source), and model.check_config(saved config, source): refuses a
+                                 learner file written for another model (for an attached one: another base)
 
 `AttachedLM(model)` wraps a model that `attach` gave levels; the pretrained weights are used as they are (not
 copied) and never written to a learner file. The config records the base by name and by a fingerprint of its
@@ -141,7 +143,10 @@ class AttachedLM(nn.Module):
             raise ValueError(f"{source} does not fit this model's levels (missing {missing[:3]}, unexpected {extra[:3]})")
         self.load_state_dict(tensors, strict=False)
 
-    def check_base(self, saved: AttachedConfig, source: str) -> None:
+    def new_stream(self, batch_size: int = 1) -> "AttachedStream":
+        return AttachedStream(self, batch_size)
+
+    def check_config(self, saved: AttachedConfig, source: str) -> None:
         """Refuse a learner file written for another base (by name or weights) or other levels."""
         if saved.fingerprint != self.config.fingerprint or saved.base != self.config.base:
             raise ValueError(f"{source} was saved for the base {saved.base} (weights {saved.fingerprint}), not this "
@@ -174,8 +179,3 @@ class AttachedStream:
         self.batch_size = int(index.numel())
 
     generate = SleepStream.generate  # the one sampling loop (feed, pick, feed back), over this stream's feed
-
-
-def model_stream(model, batch_size: int = 1):
-    """The stream that reads into `model`: a SleepStream for a SleepLM, an AttachedStream for an AttachedLM."""
-    return AttachedStream(model, batch_size) if isinstance(model, AttachedLM) else SleepStream(model, batch_size)

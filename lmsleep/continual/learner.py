@@ -35,8 +35,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from .. import validate
-from ..config import SleepConfig
-from ..io import config_diff, load_tensors, pack_state, save_tensors, unpack_state
+from ..io import load_tensors, pack_state, save_tensors, unpack_state
 from ..layers.levels import OPEN, ExpertPoolExhausted
 from ..model import SleepLM
 from ..rundir import RunDirectory
@@ -440,7 +439,7 @@ class ContinualLearner:
     def state(self) -> dict:
         named = dict(self.model.named_parameters())
         return {
-            "model": self.model.state_dict(),
+            "model": self.model.learner_tensors(),
             "grads": {name: p.grad for name, p in named.items() if p.grad is not None},
             "optimizers": [o.state_dict() if o is not None else None for o in self.updates.optimizers],
             "step": self.updates.step, "sleeps": self.sleeps,
@@ -465,12 +464,10 @@ class ContinualLearner:
     def load(cls, model: SleepLM, path, run_dir=None, *, judge=None) -> "ContinualLearner":
         """Resume a learner saved by `save` on `model` (a model of the same config; its weights are replaced)."""
         tensors, metadata = load_tensors(path, FORMAT, VERSION, "learner state", retired=RETIRED)
-        saved_model = SleepConfig.from_json(metadata["model_config"])
-        if saved_model != model.config:
-            raise ValueError(f"learner state {path} was saved for another model config: {config_diff(model.config, saved_model)}")
+        model.check_config(type(model.config).from_json(metadata["model_config"]), f"learner state {path}")
         config = validate.from_json(LearnerConfig, metadata["learner_config"], f"learner state {path}: config")
         state = unpack_state(tensors, metadata["state"], f"learner state {path}")
-        model.load_state_dict(state["model"])
+        model.load_learner_tensors(state["model"], f"learner state {path}")
         learner = cls(model, config, run_dir, judge=judge)
         named = dict(model.named_parameters())
         for name, grad in state["grads"].items():

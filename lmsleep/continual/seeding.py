@@ -25,7 +25,7 @@ import torch
 from .. import validate
 from ..layers.levels import OPEN, MemoryLevel
 from ..model import SleepLM
-from ..stream import SleepStream, sample
+from ..stream import open_stream, sample
 from .baselines import as_data
 from .divergence import generalized_jsd
 from .levels import level_modules
@@ -210,7 +210,7 @@ def _imitation(student, teacher_samples, blank, prompt_length: int, cfg: Seeding
     cut = prompt_length + int(torch.randint(0, cfg.sample_length, (1,), generator=generator))
     prefixes = teacher_samples[:, :cut].repeat_interleave(cfg.group_size, dim=0)
     suffixes = teacher_samples[:, cut:].repeat_interleave(cfg.group_size, dim=0)
-    stream = SleepStream(student, batch_size=prefixes.shape[0])
+    stream = open_stream(student, prefixes.shape[0])
     if blank is not None:
         stream.feed(blank.repeat_interleave(cfg.group_size, dim=0))
     completions = stream.generate(prefixes, suffixes.shape[1], temperature=cfg.temperature,
