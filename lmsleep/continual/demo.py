@@ -34,8 +34,14 @@ DREAMING = {"dreams": 8, "dream_length": 20, "keep_top": 2, "keep_random": 1, "r
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="tiny",
+                        help="tiny (default): a small model trained here on a generated world; smollm2, a model "
+                             "directory or a GGUF file: a real pretrained model reads a SQuAD passage (demo_real.py)")
     parser.add_argument("--out", default="runs/continual-demo", help="run directory (sleep log, learner file)")
     parser.add_argument("--seed", type=int, default=0, help="which new person (and all sampling)")
+    parser.add_argument("--passage", type=int, default=0, help="with a real model: which SQuAD passage")
+    parser.add_argument("--questions", type=int, default=None, help="with a real model: ask the first N questions")
+    parser.add_argument("--squad", default=None, help="with a real model: the SQuAD file (default ../shared/data/squad)")
     parser.add_argument("--base-steps", type=int, default=BASE_STEPS, help="pretraining steps of the base")
     parser.add_argument("--cache-dir", help="where pretrained bases are cached (default ~/.cache/lmsleep)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
@@ -71,6 +77,10 @@ def answers(model, raw, context: bool) -> list[tuple[str, str, str]]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.model != "tiny":
+        from . import demo_real
+
+        return demo_real.run(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     started = time.perf_counter()
