@@ -8,7 +8,7 @@ import importlib.util
 from pathlib import Path
 
 MODULES = {"knowledge": "knowledge", "sequential": "sequential", "puzzles": "puzzles_bench",
-           "efficiency": "efficiency", "levels": "levels_bench"}  # name -> module of this package
+           "efficiency": "efficiency", "levels": "levels_bench", "squad": "squad"}  # name -> module of this package
 
 
 def _module_name(name: str) -> str:

@@ -1,0 +1,54 @@
+"""The SQuAD benchmark end to end on a tiny random Llama saved as a model directory, with a two-passage file
+(no download): every system runs, closed-book scores and forgetting come out for each; bad flags are named."""
+import argparse
+import json
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from hf_tiny import chat_tokenizer, llama  # noqa: E402
+
+from lmsleep.continual.bench import squad as bench  # noqa: E402
+from lmsleep.continual.bench import squad_systems  # noqa: E402
+
+PASSAGES = [{"title": f"T{i}", "context": f"Ada {i} was born in Paris.",
+             "questions": [{"question": "Where was Ada born?", "answer": "Paris"}]} for i in range(3)]
+
+
+@pytest.fixture
+def world(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    llama(layers=1).save_pretrained(tmp_path / "model")
+    chat_tokenizer().save_pretrained(tmp_path / "model")
+    (tmp_path / "squad.json").write_text(json.dumps(PASSAGES))
+    monkeypatch.setattr(squad_systems.demo_real, "SEEDING", {"steps": 1, "batch_size": 2, "sample_length": 4,
+                                                              "lr": 1e-3, "unrelated_length": 3})
+    return tmp_path
+
+
+def _args(world, **changes):
+    args = dict(model=str(world / "model"), passages=1, questions=1, probe=1, steps=1, squad=str(world / "squad.json"),
+                systems=",".join(squad_systems.SYSTEMS))
+    return argparse.Namespace(**{**args, **changes})
+
+
+def test_every_system_is_scored(world):
+    ticks = []
+    result = bench.run_seed(_args(world), 0, lambda: ticks.append(1))
+    assert set(result["systems"]) == {"base", "in-context", *squad_systems.SYSTEMS}
+    assert len(ticks) == bench.units(_args(world))
+    for name, row in result["systems"].items():
+        assert {"em", "f1", "contains", "reading", "forgetting", "cpu_s"} <= set(row), name
+        assert 0 <= row["f1"] <= 100
+    assert result["systems"]["sleep"]["cpu_s"] > 0 and result["systems"]["base"]["forgetting"] == 0
+
+
+def test_bad_flags_are_named(world):
+    with pytest.raises(ValueError, match="--systems: unknown"):
+        bench.systems(_args(world, systems="sleep,magic"))
+    with pytest.raises(ValueError, match="--passages must be at least 1"):
+        bench.systems(_args(world, passages=0))
+    with pytest.raises(ValueError, match="needs passages up to"):
+        bench.run_seed(_args(world, passages=2), 1, lambda: None)
