@@ -76,10 +76,12 @@ class MemoryLevel(nn.Module):
         return self.active.numel()
 
     def free_slots(self) -> list[int]:
-        return [j for j in range(self.pool_size) if not self.active[j]]
+        return (~self.active).nonzero().flatten().tolist()
 
     def active_slots(self) -> list[int]:
-        return [j for j in range(self.pool_size) if self.active[j]]
+        # One op and one copy to Python: every forward asks (reading the mask slot by slot was a tenth of a
+        # decode step with a pool of 24).
+        return self.active.nonzero().flatten().tolist()
 
     @torch.no_grad()
     def unlock(self, generator: torch.Generator | None = None) -> int:

@@ -47,7 +47,7 @@ def rotary(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tens
         cos, sin = cos[positions], sin[positions]  # [time, half]
     x1, x2 = x[..., :half], x[..., half : 2 * half]
     rotated = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
-    return torch.cat([rotated, x[..., 2 * half :]], dim=-1)
+    return rotated if 2 * half == x.shape[-1] else torch.cat([rotated, x[..., 2 * half :]], dim=-1)
 
 
 def window_attention(
@@ -58,11 +58,13 @@ def window_attention(
     retained_values: torch.Tensor | None,
     offset: int,
     theta: float,
+    keys_rotated: bool = False,
 ) -> torch.Tensor:
     """Causal softmax attention of the last q.shape[2] tokens of a window.
 
     q: [batch, heads, new, dim] (unrotated) for window positions keys.shape[2]-new .. keys.shape[2]-1.
-    keys, values: [batch, heads, seen, dim], every key of this window so far (unrotated), new ones last.
+    keys, values: [batch, heads, seen, dim], every key of this window so far (unrotated, or already rotated at
+    their positions when keys_rotated: a stream's cache rotates each key once), new ones last.
     retained_*: [batch, heads, R ≤ offset, dim] kept from the previous window (unrotated) or None. Window
     query i sees a retained key iff its position is ≥ i (a sliding window of offset + 1 tokens) and window
     keys j ≤ i.
@@ -73,7 +75,8 @@ def window_attention(
     key_pos = torch.arange(seen, device=device)
     mask = key_pos[None, :] <= query_pos[:, None]  # [new, seen]
     q = rotary(q, query_pos + offset, theta)
-    keys = rotary(keys, key_pos + offset, theta)
+    if not keys_rotated:
+        keys = rotary(keys, key_pos + offset, theta)
     if retained_keys is not None and retained_keys.shape[2] > 0:
         retained = retained_keys.shape[2]
         assert retained <= offset, "retained keys are at most the offset (L − 1)"
