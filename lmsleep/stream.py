@@ -109,6 +109,23 @@ class SleepStream:
         self.position = 0
         self.sleeps += 1
 
+    def take_rows(self, index: torch.Tensor) -> None:
+        """Make row j of the stream what row index[j] is now, in place (rows may repeat: e.g. G completions of
+        one prompt, or samples of many seeds, share the prompt's prefill), as if each new row had been fed its
+        source row's tokens."""
+        index = torch.as_tensor(index, dtype=torch.long, device=self.last_passes.device)
+        if index.dim() != 1 or index.numel() == 0 or int(index.min()) < 0 or int(index.max()) >= self.batch_size:
+            raise ValueError(f"index must be a non-empty 1-D tensor of rows in [0, {self.batch_size}), got {index.tolist()}")
+
+        def rows(memory):
+            return type(memory).from_tensors({name: t.index_select(0, index) for name, t in memory.tensors().items()})
+
+        self.memory = [rows(m) for m in self.memory]
+        self.window_start = [rows(m) for m in self.window_start]
+        self.features = [h.index_select(0, index) for h in self.features]
+        self.last_passes, self.total_passes = self.last_passes[index], self.total_passes[index]
+        self.batch_size = index.numel()
+
     @torch.no_grad()
     def generate(self, prompt: torch.Tensor, max_new_tokens: int, *, temperature: float = 0.0,
                  top_k: int | None = None, top_p: float | None = None, seed: int | None = None,

@@ -10,7 +10,7 @@ import torch
 from lmsleep.layers import Attention, AttentionMemory
 from lmsleep.continual.replay import Ahead, sample_groups
 from lmsleep.continual.seeding import SeedingConfig, consolidate, prepare_student, snapshot, trainable_parameters
-from lmsleep.stream import sample
+from lmsleep.stream import SleepStream, sample
 
 from helpers import random_tokens, tiny_model
 
@@ -113,3 +113,30 @@ def test_the_rotated_key_cache_changes_no_output(retained):
             reference, plain = layer(x[:, t : t + 1], plain)
         assert cached.rotated_keys is not None and cached.rotated_keys.shape[2] == t + 1
         assert torch.equal(fast, reference.detach()), t
+
+
+@pytest.mark.parametrize("kind", list(MODELS))
+def test_repeated_rows_are_read_once_and_sampled_as_the_plain_sampler_samples_them(kind):
+    model = model_with_expert(kind)
+    prompts = random_tokens(model, 2, 3, seed=5).repeat_interleave(3, dim=0)
+    context = random_tokens(model, 2, 5, seed=6).repeat_interleave(3, dim=0)
+    context[-1, 0] = (context[-1, 0] + 1) % model.config.vocab_size  # one row whose context alone differs
+    groups = sample_groups(model, prompts, 8, 1.0, [21, 22], context)
+    for i, seed in enumerate([21, 22]):
+        assert torch.equal(groups.tokens[i], sample(model, prompts, 8, 1.0, seed, context))
+
+
+@pytest.mark.parametrize("kind", list(MODELS))
+def test_a_stream_whose_rows_are_taken_continues_as_one_fed_those_rows(kind):
+    model = model_with_expert(kind)
+    first, then = random_tokens(model, 2, 10, seed=1), random_tokens(model, 5, 9, seed=2)
+    index = torch.tensor([1, 0, 0, 1, 1])
+    taken = SleepStream(model, batch_size=2)
+    taken.feed(first)  # past a window of 7 in the hybrid: its sleep, features and window start are taken too
+    taken.take_rows(index)
+    plain = SleepStream(model, batch_size=5)
+    plain.feed(first[index])
+    torch.testing.assert_close(taken.feed(then), plain.feed(then), rtol=1e-9, atol=1e-9)
+    assert taken.batch_size == 5 and torch.equal(taken.total_passes, plain.total_passes)
+    with pytest.raises(ValueError, match="index"):
+        taken.take_rows(torch.tensor([5]))

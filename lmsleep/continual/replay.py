@@ -36,17 +36,23 @@ def sample_groups(model, prompts: torch.Tensor, length: int, temperature: float,
                   context: torch.Tensor | None = None, *, keep_logits: bool = True) -> Groups:
     """For every seed, the sequences `lmsleep.stream.sample(model, prompts, length, temperature, seed, context)`
     draws (prompts [n, p], context [n, c] or None), all in one batched generation; with keep_logits the
-    model's logits that each sampled token was drawn from (see the module docstring)."""
+    model's logits that each sampled token was drawn from (see the module docstring). Rows that repeat
+    (context and prompt alike), within and across groups, are read once and their memory copied."""
     n, groups = prompts.shape[0], len(seeds)
     if groups == 0:
         raise ValueError("sample_groups needs at least one seed")
     device = next(model.parameters()).device
     sampling = Sampling(temperature)
     generators = [seeded(seed, device) for seed in seeds]
-    stream = SleepStream(model, batch_size=n * groups)
+    read = prompts if context is None else torch.cat([context, prompts], dim=1)
+    distinct, source = torch.unique(read, dim=0, return_inverse=True)
+    stream = SleepStream(model, batch_size=distinct.shape[0])
     if context is not None:
-        stream.feed(context.repeat(groups, 1))
-    logits = stream.feed(prompts.repeat(groups, 1))[:, -1]
+        stream.feed(distinct[:, : context.shape[1]])
+    logits = stream.feed(distinct[:, read.shape[1] - prompts.shape[1]:])[:, -1]
+    rows = source.repeat(groups)  # row i·n + j of group i is prompt row j
+    stream.take_rows(rows)
+    logits = logits[rows]
     picked, kept = [], []
     for t in range(length):
         if keep_logits:
