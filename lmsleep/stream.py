@@ -117,11 +117,8 @@ class SleepStream:
         if index.dim() != 1 or index.numel() == 0 or int(index.min()) < 0 or int(index.max()) >= self.batch_size:
             raise ValueError(f"index must be a non-empty 1-D tensor of rows in [0, {self.batch_size}), got {index.tolist()}")
 
-        def rows(memory):
-            return type(memory).from_tensors({name: t.index_select(0, index) for name, t in memory.tensors().items()})
-
-        self.memory = [rows(m) for m in self.memory]
-        self.window_start = [rows(m) for m in self.window_start]
+        self.memory = memory_rows(self.memory, index)
+        self.window_start = memory_rows(self.window_start, index)
         self.features = [h.index_select(0, index) for h in self.features]
         self.last_passes, self.total_passes = self.last_passes[index], self.total_passes[index]
         self.batch_size = index.numel()
@@ -229,6 +226,13 @@ class SleepStream:
             return model.blocks[index].memory_type.from_tensors(own)
         except TypeError as error:
             raise ValueError(f"memory state entry {head}* does not fit block {index}: {error}") from None
+
+
+def memory_rows(memory: list, index: torch.Tensor, detach: bool = False) -> list:
+    """A model's memory (one entry per block) whose row j is row index[j] of `memory` (rows may repeat; detach:
+    without the autograd graph that made it)."""
+    return [type(m).from_tensors({name: (t.detach() if detach else t).index_select(0, index)
+                                  for name, t in m.tensors().items()}) for m in memory]
 
 
 def sample(model, prompts: torch.Tensor, length: int, temperature: float, seed: int,

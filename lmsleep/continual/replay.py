@@ -57,12 +57,7 @@ def sample_groups(model, prompts: torch.Tensor, length: int, temperature: float,
     for t in range(length):
         if keep_logits:
             kept.append(logits)
-        if sampling.greedy:
-            tokens = logits.argmax(-1)
-        else:  # what decoding.pick draws for each group with its generator (row-wise: the same q per row)
-            probs = sampling_logprobs(logits, sampling).exp()
-            tokens = torch.cat([torch.multinomial(probs[i * n : (i + 1) * n], 1, generator=g)[:, 0]
-                                for i, g in enumerate(generators)])
+        tokens = draw(logits, sampling, generators)
         picked.append(tokens)
         if t + 1 < length:  # the last token is never read: no forward for it
             logits = stream.feed(tokens[:, None])[:, -1]
@@ -73,6 +68,34 @@ def sample_groups(model, prompts: torch.Tensor, length: int, temperature: float,
     vocab = model.config.vocab_size
     stacked = torch.stack(kept, dim=1) if kept else logits.new_zeros(n * groups, 0, vocab)
     return Groups(tokens, stacked.view(groups, n, length, vocab))
+
+
+def draw(logits: torch.Tensor, sampling: Sampling, generators: list[torch.Generator]) -> torch.Tensor:
+    """Next tokens [rows] for logits [rows, vocab] whose rows are len(generators) equal groups, each drawn with
+    its own generator: what decoding.pick draws for each group alone (its q is row-wise, so the same per row)."""
+    if sampling.greedy:
+        return logits.argmax(-1)
+    probs = sampling_logprobs(logits, sampling).exp()
+    n = logits.shape[0] // len(generators)
+    return torch.cat([torch.multinomial(probs[i * n : (i + 1) * n], 1, generator=g)[:, 0]
+                      for i, g in enumerate(generators)])
+
+
+@torch.no_grad()
+def continue_from(model, memory: list, logits: torch.Tensor, length: int, temperature: float, seed: int) -> torch.Tensor:
+    """`length` tokens [rows, length] sampled after a model whose memory (as `SleepLM.wake` returns it) and
+    last logits [rows, vocab] are given, as `SleepStream.generate` samples them with `seed` after the same
+    tokens. Only for a model that never ends a window (eviction "none"): then a stream's feed is a wake."""
+    assert model.config.eviction == "none", "a model with windows sleeps between them: use a SleepStream"
+    generators = [seeded(seed, logits.device)]
+    sampling = Sampling(temperature)
+    picked = []
+    for t in range(length):
+        picked.append(draw(logits, sampling, generators))
+        if t + 1 < length:
+            logits, _, memory = model.wake(picked[-1][:, None], memory)
+            logits = logits[:, -1]
+    return torch.stack(picked, dim=1) if picked else logits.new_zeros(logits.shape[0], 0, dtype=torch.long)
 
 
 class Ahead:

@@ -29,7 +29,7 @@ from ..stream import SleepStream, sample
 from .baselines import as_data
 from .divergence import generalized_jsd
 from .levels import level_modules
-from .replay import Ahead, sample_groups
+from .replay import Ahead
 from .rewards import ExactJudge, reinforce_loss, reward
 from .seeds import derive
 
@@ -218,7 +218,7 @@ def _cut(teacher_samples, prompt_length: int, cfg: SeedingConfig, step: int):
 
 
 def _rewards(completions, suffixes, cfg: SeedingConfig, judge) -> torch.Tensor:
-    return torch.tensor([reward(c.tolist(), s.tolist(), gamma=cfg.gamma, z0=cfg.z0, judge=judge)
+    return torch.tensor([reward(c, s, gamma=cfg.gamma, z0=cfg.z0, judge=judge)
                          for c, s in zip(completions, suffixes)], dtype=torch.float64)
 
 
@@ -242,29 +242,6 @@ def _imitation(student, teacher_samples, blank, prompt_length: int, cfg: Seeding
     full = torch.cat([prefixes, completions], dim=1)
     blanks = None if blank is None else blank.repeat_interleave(cfg.group_size, dim=0)
     return _reinforce(_student_logits(student, full[:, :-1], blanks), full, cut, rewards, cfg), rewards.mean().item()
-
-
-def _fused(student, teacher_samples, teacher_logits, blank, prompt_length: int, cfg: SeedingConfig, step: int,
-           judge) -> tuple[torch.Tensor, torch.Tensor | None, float | None]:
-    """The batched path's distillation on teacher samples and imitation (step 5) of one step, with what the
-    plain path computes (`_divergence`, `_imitation`) up to float rounding: the teacher's logits are those it
-    sampled with (replay.sample_groups), the completions are drawn as the plain stream draws them, and one
-    student forward reads the teacher samples and the completed prefixes together. Returns (F, the REINFORCE
-    loss or None when α = 1, the mean reward or None)."""
-    n = teacher_samples.shape[0]
-    rows, blanks = [teacher_samples], [blank]
-    if cfg.alpha < 1:
-        cut, prefixes, suffixes = _cut(teacher_samples, prompt_length, cfg, step)
-        blanks.append(None if blank is None else blank.repeat_interleave(cfg.group_size, dim=0))
-        completions = sample_groups(student, prefixes, suffixes.shape[1], cfg.temperature, [derive(cfg.seed, step, 2)],
-                                    blanks[-1], keep_logits=False).tokens[0][:, cut:]
-        rewards = _rewards(completions, suffixes, cfg, judge)
-        rows.append(torch.cat([prefixes, completions], dim=1))
-    logits = _student_logits(student, torch.cat(rows), None if blank is None else torch.cat(blanks))
-    divergence = generalized_jsd(logits[:n, prompt_length - 1 : -1], teacher_logits, cfg.beta)
-    if cfg.alpha == 1:
-        return divergence, None, None
-    return divergence, _reinforce(logits[n:], rows[1], cut, rewards, cfg), rewards.mean().item()
 
 
 def consolidate(teacher: SleepLM, student: SleepLM, new_expert: NewExpert, prompts: torch.Tensor,
@@ -302,6 +279,7 @@ def consolidate(teacher: SleepLM, student: SleepLM, new_expert: NewExpert, promp
     was_training = student.training
     student.eval()  # no dropout; the forward is deterministic
     if cfg.batched:  # the teacher's replay of every step drawn ahead, with its logits (replay.Ahead)
+        from .seeding_batched import fused  # built on this module's pieces of step 5
         seeds = [derive(cfg.seed, step, 3) for step in range(cfg.steps)]
         content = Ahead(teacher, prompts, cfg.sample_length, cfg.temperature, [cfg.seed + 1, *seeds], context)
         unrelated_ahead = [Ahead(teacher, g, unrelated_length, cfg.temperature,
@@ -318,7 +296,7 @@ def consolidate(teacher: SleepLM, student: SleepLM, new_expert: NewExpert, promp
         """F on held-out teacher samples, and the imitation reward (None when imitation is off: α = 1)."""
         with torch.no_grad():
             if cfg.batched:
-                divergence, _, mean_reward = _fused(student, held_out, held_out_logits, blank, prompt_length, cfg,
+                divergence, _, mean_reward = fused(student, held_out, held_out_logits, blank, prompt_length, cfg,
                                                     step, judge)
                 return divergence.item(), mean_reward
             divergence = _divergence(student, teacher, held_out, context, blank, prompt_length, cfg.beta).item()
@@ -350,7 +328,7 @@ def consolidate(teacher: SleepLM, student: SleepLM, new_expert: NewExpert, promp
     def batched_loss(step: int) -> torch.Tensor:
         """plain_loss up to float rounding, with the replay drawn ahead and the student's forwards fused."""
         teacher_samples, teacher_logits = content[step + 1]
-        divergence, imitation, _ = _fused(student, teacher_samples, teacher_logits, blank, prompt_length, cfg, step,
+        divergence, imitation, _ = fused(student, teacher_samples, teacher_logits, blank, prompt_length, cfg, step,
                                           judge)
         loss = (1 - cfg.lam) * divergence
         if cfg.lam > 0:  # on-policy: the student's samples change every step, nothing to draw ahead
