@@ -66,8 +66,7 @@ class AttentionMemory:
             if done:
                 buffer[:, :, :done] = self.rotated_keys
         if done < seen:
-            positions = torch.arange(done, seen, device=self.keys.device) + offset
-            buffer[:, :, done:seen] = rotary(self.keys[:, :, done:seen], positions, theta)
+            buffer[:, :, done:seen] = rotary(self.keys[:, :, done:seen], done + offset, theta)
         return AttentionMemory(self.keys, self.values, self.retained_keys, self.retained_values, self.key_buffer,
                                self.value_buffer, buffer[:, :, :seen], buffer)
 
