@@ -83,12 +83,16 @@ def window_attention(
     """
     new, seen = q.shape[2], keys.shape[2]
     device = q.device
-    query_pos = torch.arange(seen - new, seen, device=device)
-    key_pos = torch.arange(seen, device=device)
-    mask = key_pos[None, :] <= query_pos[:, None]  # [new, seen]
     q = rotary(q, seen - new + offset, theta)
     if not keys_rotated:
         keys = rotary(keys, offset, theta)
+    if new == 1 and (retained_keys is None or retained_keys.shape[2] == 0):
+        # One query that sees every key (a decode step): no mask to build; a mask of all True adds 0 to
+        # every score, so the result is the same.
+        return F.scaled_dot_product_attention(q, keys, values)
+    query_pos = torch.arange(seen - new, seen, device=device)
+    key_pos = torch.arange(seen, device=device)
+    mask = key_pos[None, :] <= query_pos[:, None]  # [new, seen]
     if retained_keys is not None and retained_keys.shape[2] > 0:
         retained = retained_keys.shape[2]
         assert retained <= offset, "retained keys are at most the offset (L − 1)"
