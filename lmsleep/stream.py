@@ -109,6 +109,20 @@ class SleepStream:
         self.position = 0
         self.sleeps += 1
 
+    def take_rows(self, index: torch.Tensor) -> None:
+        """Make row j of the stream what row index[j] is now, in place (rows may repeat: e.g. G completions of
+        one prompt, or samples of many seeds, share the prompt's prefill), as if each new row had been fed its
+        source row's tokens."""
+        index = torch.as_tensor(index, dtype=torch.long, device=self.last_passes.device)
+        if index.dim() != 1 or index.numel() == 0 or int(index.min()) < 0 or int(index.max()) >= self.batch_size:
+            raise ValueError(f"index must be a non-empty 1-D tensor of rows in [0, {self.batch_size}), got {index.tolist()}")
+
+        self.memory = memory_rows(self.memory, index)
+        self.window_start = memory_rows(self.window_start, index)
+        self.features = [h.index_select(0, index) for h in self.features]
+        self.last_passes, self.total_passes = self.last_passes[index], self.total_passes[index]
+        self.batch_size = index.numel()
+
     @torch.no_grad()
     def generate(self, prompt: torch.Tensor, max_new_tokens: int, *, temperature: float = 0.0,
                  top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
@@ -219,6 +233,13 @@ def open_stream(model, batch_size: int = 1):
     attached transformers model's KV cache, continual.causal_lm) or, for a SleepLM, a SleepStream."""
     make = getattr(model, "new_stream", None)
     return make(batch_size) if make is not None else SleepStream(model, batch_size=batch_size)
+
+
+def memory_rows(memory: list, index: torch.Tensor, detach: bool = False) -> list:
+    """A model's memory (one entry per block) whose row j is row index[j] of `memory` (rows may repeat; detach:
+    without the autograd graph that made it)."""
+    return [type(m).from_tensors({name: (t.detach() if detach else t).index_select(0, index)
+                                  for name, t in m.tensors().items()}) for m in memory]
 
 
 def sample(model, prompts: torch.Tensor, length: int, temperature: float, seed: int,

@@ -47,7 +47,7 @@ def token_ids(name: str, ids: TokenIds) -> list[int]:
             raise TypeError(f"{name} must be a 1-D integer tensor of token ids, got dtype {ids.dtype} and "
                             f"shape {tuple(ids.shape)}")
         return ids.tolist()
-    if not isinstance(ids, (list, tuple)) or not all(_is_integer(i) for i in ids):
+    if not isinstance(ids, (list, tuple)) or not all(type(i) is int or _is_integer(i) for i in ids):
         shown = type(ids).__name__ if not isinstance(ids, (list, tuple)) else repr(ids)[:80]
         raise TypeError(f"{name} must be a list, tuple or 1-D integer tensor of token ids, got {shown}")
     return [int(i) for i in ids]

@@ -29,6 +29,7 @@ from ..stream import open_stream, sample
 from .baselines import as_data
 from .divergence import generalized_jsd
 from .levels import level_modules
+from .replay import Ahead
 from .rewards import ExactJudge, reinforce_loss, reward
 from .seeds import derive
 
@@ -40,7 +41,10 @@ class SeedingConfig:
     """steps of Adam (lr) on the new expert; per step `batch_size` teacher and student samples of
     `sample_length` tokens (temperature); λ (lam), β (beta: 0 forward KL, 1 reverse KL), α, γ, z0 (None:
     half the reference length) and G (group_size) completions per prefix as in the spec; μ (unrelated) the
-    weight of the off-path term on `unrelated_length` tokens of unrelated replay (None: sample_length)."""
+    weight of the off-path term on `unrelated_length` tokens of unrelated replay (None: sample_length); batched:
+    draw the frozen teacher's replay of every step ahead in one batched generation and reuse the logits it drew
+    with, and read distillation and imitation rows in one student forward (False: the plain per-step reference,
+    the same computation up to float rounding; tests/test_replay.py compares them)."""
 
     steps: int = 40
     lr: float = 3e-3
@@ -55,6 +59,7 @@ class SeedingConfig:
     group_size: int = 4
     unrelated: float = 1.0
     unrelated_length: int | None = None
+    batched: bool = True
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -203,25 +208,40 @@ def _divergence(student, teacher, sequences, context, blank, prompt_length: int,
                            beta, mask=mask)
 
 
-def _imitation(student, teacher_samples, blank, prompt_length: int, cfg: SeedingConfig, step: int, judge):
-    """Step 5: cut each teacher sample at a random prefix, let the student complete it G times, and reward
-    the completions against the teacher's suffix. Returns (REINFORCE loss, mean reward)."""
+def _cut(teacher_samples, prompt_length: int, cfg: SeedingConfig, step: int):
+    """Step 5's random prefix: (cut, prefixes, suffixes), each teacher sample repeated G times."""
     generator = torch.Generator().manual_seed(derive(cfg.seed, step, 1))
     cut = prompt_length + int(torch.randint(0, cfg.sample_length, (1,), generator=generator))
     prefixes = teacher_samples[:, :cut].repeat_interleave(cfg.group_size, dim=0)
     suffixes = teacher_samples[:, cut:].repeat_interleave(cfg.group_size, dim=0)
+    return cut, prefixes, suffixes
+
+
+def _rewards(completions, suffixes, cfg: SeedingConfig, judge) -> torch.Tensor:
+    return torch.tensor([reward(c, s, gamma=cfg.gamma, z0=cfg.z0, judge=judge)
+                         for c, s in zip(completions, suffixes)], dtype=torch.float64)
+
+
+def _reinforce(student_logits, full, cut: int, rewards, cfg: SeedingConfig) -> torch.Tensor:
+    """REINFORCE over the completions' summed log-probabilities; student_logits [nG, ≥ len − 1, vocab] read
+    `full` (prefix + completion) up to its last token."""
+    logprobs = student_logits[:, cut - 1 : full.shape[1] - 1].log_softmax(-1).gather(-1, full[:, cut:, None])[..., 0]
+    return reinforce_loss(logprobs.sum(-1), rewards.to(logprobs.dtype), cfg.group_size)
+
+
+def _imitation(student, teacher_samples, blank, prompt_length: int, cfg: SeedingConfig, step: int, judge):
+    """Step 5: cut each teacher sample at a random prefix, let the student complete it G times, and reward
+    the completions against the teacher's suffix. Returns (REINFORCE loss, mean reward)."""
+    cut, prefixes, suffixes = _cut(teacher_samples, prompt_length, cfg, step)
     stream = open_stream(student, prefixes.shape[0])
     if blank is not None:
         stream.feed(blank.repeat_interleave(cfg.group_size, dim=0))
     completions = stream.generate(prefixes, suffixes.shape[1], temperature=cfg.temperature,
                                   seed=derive(cfg.seed, step, 2))
-    rewards = torch.tensor([reward(c.tolist(), s.tolist(), gamma=cfg.gamma, z0=cfg.z0, judge=judge)
-                            for c, s in zip(completions, suffixes)], dtype=torch.float64)
+    rewards = _rewards(completions, suffixes, cfg, judge)
     full = torch.cat([prefixes, completions], dim=1)
     blanks = None if blank is None else blank.repeat_interleave(cfg.group_size, dim=0)
-    logprobs = _student_logits(student, full[:, :-1], blanks).log_softmax(-1).gather(-1, full[:, 1:, None])[..., 0]
-    completion_logprob = logprobs[:, cut - 1 :].sum(-1)
-    return reinforce_loss(completion_logprob, rewards.to(completion_logprob.dtype), cfg.group_size), rewards.mean().item()
+    return _reinforce(_student_logits(student, full[:, :-1], blanks), full, cut, rewards, cfg), rewards.mean().item()
 
 
 def consolidate(teacher: SleepLM, student: SleepLM, new_expert: NewExpert, prompts: torch.Tensor,
@@ -258,19 +278,74 @@ def consolidate(teacher: SleepLM, student: SleepLM, new_expert: NewExpert, promp
     optimizer = torch.optim.Adam(trainable_parameters(new_expert), lr=cfg.lr)
     was_training = student.training
     student.eval()  # no dropout; the forward is deterministic
-    held_out = sample(teacher, prompts, cfg.sample_length, cfg.temperature, cfg.seed + 1, context)
-    held_out_unrelated = [sample(teacher, g, unrelated_length, cfg.temperature, cfg.seed + 3 + i)
-                          for i, g in enumerate(groups)]
+    if cfg.batched:  # the teacher's replay of every step drawn ahead, with its logits (replay.Ahead)
+        from .seeding_batched import fused  # built on this module's pieces of step 5
+        seeds = [derive(cfg.seed, step, 3) for step in range(cfg.steps)]
+        content = Ahead(teacher, prompts, cfg.sample_length, cfg.temperature, [cfg.seed + 1, *seeds], context)
+        unrelated_ahead = [Ahead(teacher, g, unrelated_length, cfg.temperature,
+                                 [cfg.seed + 3 + i, *(derive(seed, i) for seed in (seeds if use_unrelated else []))])
+                           for i, g in enumerate(groups)]
+        held_out, held_out_logits = content[0]
+        held_out_unrelated = [ahead[0][0] for ahead in unrelated_ahead]
+    else:
+        held_out = sample(teacher, prompts, cfg.sample_length, cfg.temperature, cfg.seed + 1, context)
+        held_out_unrelated = [sample(teacher, g, unrelated_length, cfg.temperature, cfg.seed + 3 + i)
+                              for i, g in enumerate(groups)]
 
     def measure(step: int) -> tuple[float, float | None]:
         """F on held-out teacher samples, and the imitation reward (None when imitation is off: α = 1)."""
         with torch.no_grad():
+            if cfg.batched:
+                divergence, _, mean_reward = fused(student, held_out, held_out_logits, blank, prompt_length, cfg,
+                                                    step, judge)
+                return divergence.item(), mean_reward
             divergence = _divergence(student, teacher, held_out, context, blank, prompt_length, cfg.beta).item()
             if cfg.alpha == 1:
                 return divergence, None
             _, mean_reward = _imitation(student, held_out, blank, prompt_length, cfg, step, judge)
         return divergence, mean_reward
 
+    def plain_loss(step: int) -> torch.Tensor:
+        """The step's loss as the spec reads (the reference of the batched path)."""
+        seed = derive(cfg.seed, step, 3)
+        teacher_samples = sample(teacher, prompts, cfg.sample_length, cfg.temperature, seed, context)
+        loss = (1 - cfg.lam) * _divergence(student, teacher, teacher_samples, context, blank, prompt_length,
+                                           cfg.beta)
+        if cfg.lam > 0:
+            student_samples = sample(student, prompts, cfg.sample_length, cfg.temperature, seed + 1, blank)
+            loss = loss + cfg.lam * _divergence(student, teacher, student_samples, context, blank, prompt_length,
+                                                cfg.beta)
+        loss = cfg.alpha * loss
+        if cfg.alpha < 1:
+            imitation, _ = _imitation(student, teacher_samples, blank, prompt_length, cfg, step, judge)
+            loss = loss + (1 - cfg.alpha) * imitation
+        for i, group in enumerate(groups if use_unrelated else []):
+            replay = sample(teacher, group, unrelated_length, cfg.temperature, derive(seed, i))
+            loss = loss + cfg.unrelated / len(groups) * _divergence(student, teacher, replay, None, None,
+                                                                    group.shape[1], cfg.beta)
+        return loss
+
+    def batched_loss(step: int) -> torch.Tensor:
+        """plain_loss up to float rounding, with the replay drawn ahead and the student's forwards fused."""
+        teacher_samples, teacher_logits = content[step + 1]
+        divergence, imitation, _ = fused(student, teacher_samples, teacher_logits, blank, prompt_length, cfg, step,
+                                          judge)
+        loss = (1 - cfg.lam) * divergence
+        if cfg.lam > 0:  # on-policy: the student's samples change every step, nothing to draw ahead
+            student_samples = sample(student, prompts, cfg.sample_length, cfg.temperature, derive(cfg.seed, step, 3) + 1,
+                                     blank)
+            loss = loss + cfg.lam * _divergence(student, teacher, student_samples, context, blank, prompt_length,
+                                                cfg.beta)
+        loss = cfg.alpha * loss
+        if imitation is not None:
+            loss = loss + (1 - cfg.alpha) * imitation
+        for i, group in enumerate(groups if use_unrelated else []):
+            replay, replay_logits = unrelated_ahead[i][step + 1]
+            student_logits = student(replay)[:, group.shape[1] - 1 : -1]
+            loss = loss + cfg.unrelated / len(groups) * generalized_jsd(student_logits, replay_logits, cfg.beta)
+        return loss
+
+    step_loss = batched_loss if cfg.batched else plain_loss
     divergence_before, reward_before = measure(-1)
     losses = []
     bar = None
@@ -280,22 +355,7 @@ def consolidate(teacher: SleepLM, student: SleepLM, new_expert: NewExpert, promp
         bar = tqdm(total=cfg.steps, desc="sleep: knowledge seeding", unit="step", dynamic_ncols=True, leave=False)
     try:
         for step in range(cfg.steps):
-            seed = derive(cfg.seed, step, 3)
-            teacher_samples = sample(teacher, prompts, cfg.sample_length, cfg.temperature, seed, context)
-            loss = (1 - cfg.lam) * _divergence(student, teacher, teacher_samples, context, blank, prompt_length,
-                                               cfg.beta)
-            if cfg.lam > 0:
-                student_samples = sample(student, prompts, cfg.sample_length, cfg.temperature, seed + 1, blank)
-                loss = loss + cfg.lam * _divergence(student, teacher, student_samples, context, blank, prompt_length,
-                                                    cfg.beta)
-            loss = cfg.alpha * loss
-            if cfg.alpha < 1:
-                imitation, _ = _imitation(student, teacher_samples, blank, prompt_length, cfg, step, judge)
-                loss = loss + (1 - cfg.alpha) * imitation
-            for i, group in enumerate(groups if use_unrelated else []):
-                replay = sample(teacher, group, unrelated_length, cfg.temperature, derive(seed, i))
-                loss = loss + cfg.unrelated / len(groups) * _divergence(student, teacher, replay, None, None,
-                                                                        group.shape[1], cfg.beta)
+            loss = step_loss(step)
             optimizer.zero_grad(set_to_none=False)
             loss.backward()
             keep_only_new_expert_gradients(new_expert)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..ops.attention import window_attention
+from ..ops.attention import rotary, window_attention
 
 
 @dataclass
@@ -24,6 +24,10 @@ class AttentionMemory:
     # one row instead of the whole cache. Rows past keys.shape[2] are free; nothing before them is written.
     key_buffer: torch.Tensor | None = None
     value_buffer: torch.Tensor | None = None
+    # Streaming only: this window's keys after rotary embedding (a view of rotated_buffer, rows valid as far
+    # as it reaches), so that a decode step rotates its new key instead of every key of the window.
+    rotated_keys: torch.Tensor | None = None
+    rotated_buffer: torch.Tensor | None = None
 
     def append(self, k: torch.Tensor, v: torch.Tensor, limit: int | None) -> "AttentionMemory":
         """The memory with k, v [batch, heads, new, dim] appended after this window's keys."""
@@ -46,8 +50,25 @@ class AttentionMemory:
         value_buffer[:, :, seen : seen + new] = v
         return AttentionMemory(
             key_buffer[:, :, : seen + new], value_buffer[:, :, : seen + new],
-            self.retained_keys, self.retained_values, key_buffer, value_buffer,
+            self.retained_keys, self.retained_values, key_buffer, value_buffer, self.rotated_keys, self.rotated_buffer,
         )
+
+    def with_rotated_keys(self, offset: int, theta: float) -> "AttentionMemory":
+        """This memory with `rotated_keys` covering every key of the window: the rows not yet rotated are
+        rotated at their window positions (offset + i), exactly as window_attention rotates them."""
+        seen = self.keys.shape[2]
+        done = 0 if self.rotated_keys is None else self.rotated_keys.shape[2]
+        buffer = self.rotated_buffer
+        if (buffer is None or buffer.shape[2] < seen or buffer.shape[:2] != self.keys.shape[:2]
+                or (self.rotated_keys is not None and not _is_prefix_view(self.rotated_keys, buffer))):
+            capacity = max(seen, self.key_buffer.shape[2] if self.key_buffer is not None else 2 * seen)
+            buffer = self.keys.new_empty(*self.keys.shape[:2], capacity, self.keys.shape[3])
+            if done:
+                buffer[:, :, :done] = self.rotated_keys
+        if done < seen:
+            buffer[:, :, done:seen] = rotary(self.keys[:, :, done:seen], done + offset, theta)
+        return AttentionMemory(self.keys, self.values, self.retained_keys, self.retained_values, self.key_buffer,
+                               self.value_buffer, buffer[:, :, :seen], buffer)
 
     def next_pass(self) -> "AttentionMemory":
         """The memory a further sleep pass starts from: same retained keys, window keys recomputed."""
@@ -105,7 +126,13 @@ class Attention(nn.Module):
         batch, new, _ = x.shape
         q, k, v = self.qkv(x).view(batch, new, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         memory = memory.append(k, v, self.limit)
+        if torch.is_grad_enabled():  # training: rotate every key in the graph
+            keys, rotated = memory.keys, False
+        else:  # streaming: each key is rotated once, when it arrives (the same values: rotary is per row)
+            memory = memory.with_rotated_keys(self.offset, self.theta)
+            keys, rotated = memory.rotated_keys, True
         y = window_attention(
-            q, memory.keys, memory.values, memory.retained_keys, memory.retained_values, self.offset, self.theta
+            q, keys, memory.values, memory.retained_keys, memory.retained_values, self.offset, self.theta,
+            keys_rotated=rotated,
         )
         return self.out(y.transpose(1, 2).reshape(batch, new, -1)), memory

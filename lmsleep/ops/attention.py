@@ -34,10 +34,17 @@ def _rotary_table(length: int, half: int, theta: float, dtype: torch.dtype, devi
     return table
 
 
-def rotary(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tensor:
+def rotary(x: torch.Tensor, positions: torch.Tensor | int, theta: float) -> torch.Tensor:
     """Rotate pairs of features of x [batch, heads, time, dim] by position-dependent angles
-    (positions: [time], non-negative integers)."""
+    (positions: [time], non-negative integers; or an int p: the positions p .. p + time − 1, read off the
+    table as a slice, with no gather and no look at a tensor's values: a decode step's common case)."""
     half = x.shape[-1] // 2
+    if not isinstance(positions, torch.Tensor):  # a start (an int, or a symbolic one while compiling)
+        if torch.compiler.is_compiling():
+            positions = torch.arange(positions, positions + x.shape[-2], device=x.device)
+        else:
+            cos, sin = _rotary_table(positions + x.shape[-2], half, theta, x.dtype, x.device)
+            return _rotate(x, cos[positions : positions + x.shape[-2]], sin[positions : positions + x.shape[-2]])
     if torch.compiler.is_compiling():  # the table's size depends on the positions' values: computed here instead
         angles = positions.to(torch.float64)[:, None] * _frequencies(half, theta, x.device)[None, :]
         cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
@@ -45,9 +52,14 @@ def rotary(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tens
         length = int(positions.max()) + 1 if positions.numel() else 0
         cos, sin = _rotary_table(length, half, theta, x.dtype, x.device)
         cos, sin = cos[positions], sin[positions]  # [time, half]
+    return _rotate(x, cos, sin)
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = cos.shape[-1]
     x1, x2 = x[..., :half], x[..., half : 2 * half]
     rotated = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
-    return torch.cat([rotated, x[..., 2 * half :]], dim=-1)
+    return rotated if 2 * half == x.shape[-1] else torch.cat([rotated, x[..., 2 * half :]], dim=-1)
 
 
 def window_attention(
@@ -58,27 +70,34 @@ def window_attention(
     retained_values: torch.Tensor | None,
     offset: int,
     theta: float,
+    keys_rotated: bool = False,
 ) -> torch.Tensor:
     """Causal softmax attention of the last q.shape[2] tokens of a window.
 
     q: [batch, heads, new, dim] (unrotated) for window positions keys.shape[2]-new .. keys.shape[2]-1.
-    keys, values: [batch, heads, seen, dim], every key of this window so far (unrotated), new ones last.
+    keys, values: [batch, heads, seen, dim], every key of this window so far (unrotated, or already rotated at
+    their positions when keys_rotated: a stream's cache rotates each key once), new ones last.
     retained_*: [batch, heads, R ≤ offset, dim] kept from the previous window (unrotated) or None. Window
     query i sees a retained key iff its position is ≥ i (a sliding window of offset + 1 tokens) and window
     keys j ≤ i.
     """
     new, seen = q.shape[2], keys.shape[2]
     device = q.device
+    q = rotary(q, seen - new + offset, theta)
+    if not keys_rotated:
+        keys = rotary(keys, offset, theta)
+    if new == 1 and (retained_keys is None or retained_keys.shape[2] == 0):
+        # One query that sees every key (a decode step): no mask to build; a mask of all True adds 0 to
+        # every score, so the result is the same.
+        return F.scaled_dot_product_attention(q, keys, values)
     query_pos = torch.arange(seen - new, seen, device=device)
     key_pos = torch.arange(seen, device=device)
     mask = key_pos[None, :] <= query_pos[:, None]  # [new, seen]
-    q = rotary(q, query_pos + offset, theta)
-    keys = rotary(keys, key_pos + offset, theta)
     if retained_keys is not None and retained_keys.shape[2] > 0:
         retained = retained_keys.shape[2]
         assert retained <= offset, "retained keys are at most the offset (L − 1)"
         retained_pos = torch.arange(offset - retained, offset, device=device)
-        keys = torch.cat([rotary(retained_keys, retained_pos, theta), keys], dim=2)
+        keys = torch.cat([rotary(retained_keys, offset - retained, theta), keys], dim=2)
         values = torch.cat([retained_values, values], dim=2)
         mask = torch.cat([retained_pos[None, :] >= query_pos[:, None], mask], dim=1)
     return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)

@@ -1,0 +1,142 @@
+"""The cheaper sleep (issue 19, item 5) against its plain references: replay drawn ahead in one batched
+generation (continual.replay) against one `stream.sample` per seed and a teacher forward per sample; the
+batched consolidation (SeedingConfig.batched) against the plain per-step one; a stream's rotated-key cache
+against rotating every key at every step."""
+from dataclasses import replace
+
+import pytest
+import torch
+
+from lmsleep.layers import Attention, AttentionMemory
+from lmsleep.continual.replay import Ahead, sample_groups
+from lmsleep.continual.seeding import SeedingConfig, consolidate, prepare_student, snapshot, trainable_parameters
+from lmsleep.stream import SleepStream, sample
+
+from helpers import random_tokens, tiny_model
+
+MODELS = {
+    "attention, no eviction": dict(memory_levels=2, expert_pool=3, expert_rank=4, layout="A", eviction="none"),
+    "hybrid, windows of 7, 2 passes": dict(memory_levels=2, expert_pool=3, expert_rank=4, sleep_passes=2),
+}
+
+
+def model_with_expert(kind: str, seed: int = 0):
+    model = tiny_model(seed=seed, **MODELS[kind])
+    with torch.no_grad():
+        model.head.weight.mul_(20)  # peaked distributions: samples that differ when anything differs
+    return model
+
+
+@pytest.mark.parametrize("kind", list(MODELS))
+@pytest.mark.parametrize("temperature", [1.0, 0.0], ids=["sampled", "greedy"])
+@pytest.mark.parametrize("with_context", [True, False], ids=["context", "no-context"])
+def test_groups_are_the_plain_samples_and_their_logits_the_forward(kind, temperature, with_context):
+    model = model_with_expert(kind)
+    prompts = random_tokens(model, 3, 2, seed=5)
+    context = random_tokens(model, 3, 4, seed=6) if with_context else None
+    seeds = [11, 12, 13, 14]
+    groups = sample_groups(model, prompts, 9, temperature, seeds, context)
+    assert groups.tokens.shape == (4, 3, 11) and groups.logits.shape == (4, 3, 9, model.config.vocab_size)
+    for i, seed in enumerate(seeds):
+        plain = sample(model, prompts, 9, temperature, seed, context)
+        assert torch.equal(groups.tokens[i], plain)
+        read = plain if context is None else torch.cat([context, plain], dim=1)
+        with torch.no_grad():
+            logits = model(read)[:, read.shape[1] - plain.shape[1]:][:, 1:-1]
+        torch.testing.assert_close(groups.logits[i], logits, rtol=1e-9, atol=1e-9)
+
+
+def test_ahead_in_small_blocks_hands_out_what_one_block_draws():
+    model = model_with_expert("attention, no eviction")
+    prompts = torch.zeros(2, 1, dtype=torch.long)
+    seeds = [3, 1, 4, 1, 5, 9, 2]
+    whole = Ahead(model, prompts, 5, 1.0, seeds)
+    per_vocab = 2 * 5 * model.config.vocab_size
+    small = Ahead(model, prompts, 5, 1.0, seeds, budget=2 * per_vocab)  # two seeds per block
+    assert whole.block >= len(seeds) and small.block == 2
+    for i in range(len(seeds)):
+        assert torch.equal(whole[i][0], small[i][0])
+        torch.testing.assert_close(whole[i][1], small[i][1], rtol=1e-9, atol=1e-9)  # another batch: rounding
+    with pytest.raises(IndexError):
+        small[len(seeds)]
+
+
+CASES = {
+    "distil + imitate + unrelated": dict(alpha=0.5, unrelated=1.0),
+    "distil only": dict(alpha=1.0, unrelated=1.0),
+    "on-policy (λ = 0.5), reverse KL": dict(alpha=0.5, lam=0.5, beta=1.0, unrelated=0.0),
+    "generalized JSD, no blank": dict(alpha=0.7, beta=0.5, unrelated=1.0),
+}
+
+
+@pytest.mark.parametrize("kind", list(MODELS))
+@pytest.mark.parametrize("case", list(CASES))
+def test_batched_consolidation_is_the_plain_one(kind, case):
+    """Same losses, the same trained expert, the same report, up to float rounding (float64 here)."""
+    cfg = SeedingConfig(steps=4, lr=1e-2, batch_size=3, sample_length=5, group_size=2, seed=7, **CASES[case])
+    results = {}
+    for batched in (False, True):
+        model = model_with_expert(kind)
+        teacher = snapshot(model)
+        context = random_tokens(model, 1, 4, seed=3)
+        blank = None if case.endswith("no blank") else torch.full_like(context, 1)
+        new, _ = prepare_student(model, None, 0, torch.Generator().manual_seed(0))
+        report = consolidate(teacher, model, new, torch.zeros(1, 1, dtype=torch.long), replace(cfg, batched=batched),
+                             context=context, blank=blank, unrelated=[torch.tensor([[2]]), torch.tensor([[3, 4]])])
+        results[batched] = report, [p.detach().clone() for p in trainable_parameters(new)]
+    (plain, plain_params), (fast, fast_params) = results[False], results[True]
+    torch.testing.assert_close(torch.tensor(fast.losses), torch.tensor(plain.losses), rtol=1e-9, atol=1e-9)
+    for a, b in zip(fast_params, plain_params):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+    for name in ("divergence_before", "divergence_after", "reward_before", "reward_after", "opens_on_content",
+                 "opens_on_unrelated"):
+        expected = getattr(plain, name)
+        assert getattr(fast, name) == (None if expected is None else pytest.approx(expected, rel=1e-9, abs=1e-9)), name
+
+
+@pytest.mark.parametrize("retained", [0, 3], ids=["window-start", "sliding"])
+def test_the_rotated_key_cache_changes_no_output(retained):
+    """Streaming (grad off), attention rotates each key once and keeps it; with grad on it rotates every key of
+    the window at every step. Token by token, the outputs are bit for bit the same."""
+    torch.manual_seed(0)
+    layer = Attention(16, 2, 8, retained_tokens=3, window=40).double()
+    x = torch.randn(2, 25, 16, dtype=torch.float64)
+    start = AttentionMemory()
+    if retained:
+        start = AttentionMemory(retained_keys=torch.randn(2, 2, retained, 8, dtype=torch.float64),
+                                retained_values=torch.randn(2, 2, retained, 8, dtype=torch.float64))
+    cached, plain = start, start
+    for t in range(x.shape[1]):
+        with torch.no_grad():
+            fast, cached = layer(x[:, t : t + 1], cached)
+        with torch.enable_grad():
+            reference, plain = layer(x[:, t : t + 1], plain)
+        assert cached.rotated_keys is not None and cached.rotated_keys.shape[2] == t + 1
+        assert torch.equal(fast, reference.detach()), t
+
+
+@pytest.mark.parametrize("kind", list(MODELS))
+def test_repeated_rows_are_read_once_and_sampled_as_the_plain_sampler_samples_them(kind):
+    model = model_with_expert(kind)
+    prompts = random_tokens(model, 2, 3, seed=5).repeat_interleave(3, dim=0)
+    context = random_tokens(model, 2, 5, seed=6).repeat_interleave(3, dim=0)
+    context[-1, 0] = (context[-1, 0] + 1) % model.config.vocab_size  # one row whose context alone differs
+    groups = sample_groups(model, prompts, 8, 1.0, [21, 22], context)
+    for i, seed in enumerate([21, 22]):
+        assert torch.equal(groups.tokens[i], sample(model, prompts, 8, 1.0, seed, context))
+
+
+@pytest.mark.parametrize("kind", list(MODELS))
+def test_a_stream_whose_rows_are_taken_continues_as_one_fed_those_rows(kind):
+    model = model_with_expert(kind)
+    first, then = random_tokens(model, 2, 10, seed=1), random_tokens(model, 5, 9, seed=2)
+    index = torch.tensor([1, 0, 0, 1, 1])
+    taken = SleepStream(model, batch_size=2)
+    taken.feed(first)  # past a window of 7 in the hybrid: its sleep, features and window start are taken too
+    taken.take_rows(index)
+    plain = SleepStream(model, batch_size=5)
+    plain.feed(first[index])
+    torch.testing.assert_close(taken.feed(then), plain.feed(then), rtol=1e-9, atol=1e-9)
+    assert taken.batch_size == 5 and torch.equal(taken.total_passes, plain.total_passes)
+    with pytest.raises(ValueError, match="index"):
+        taken.take_rows(torch.tensor([5]))
