@@ -27,9 +27,11 @@ from .learner import ContinualLearner, LearnerConfig
 from .real_base import load_causal_lm
 
 LEVELS = {"levels": 1, "rank": 16, "pool": 4}  # memory levels attached to every layer
-SEEDING = {"steps": 8, "batch_size": 4, "sample_length": 48, "lr": 3e-3, "unrelated_length": 24}
+# 16 steps at lr 1e-2 (measured on passage 0: closed-book F1 0 → 9.2, in-context reading kept; 8 steps at 3e-3
+# changed nothing)
+SEEDING = {"steps": 16, "batch_size": 4, "sample_length": 48, "lr": 1e-2, "unrelated_length": 24}
 UNRELATED = "Write a few sentences about daily life."  # the off-path replay: the new expert stays closed on it
-SECONDS_PER_STEP = 9.0  # a seeding step of SEEDING on SmolLM2, 2 cores (AMD EPYC Zen 4), for the estimate
+SECONDS_PER_STEP = 15.0  # a seeding step of SEEDING on SmolLM2, one thread (AMD EPYC Zen 4), for the estimate
 SECONDS_PER_QUESTION = 0.8  # one greedy answer, batched
 
 

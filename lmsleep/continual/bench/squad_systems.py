@@ -32,7 +32,7 @@ SYSTEMS = ("finetune", "finetune+restatements", "sleep")
 @dataclass(frozen=True)
 class Budget:
     steps: int = demo_real.SEEDING["steps"]
-    lr: float = 1e-5  # fine-tuning's Adam step (every parameter of a 135M model)
+    lr: float = 5e-5  # fine-tuning's Adam step (every parameter of a 135M model; not tuned)
     restatements: int = 4
     restatement_length: int = demo_real.SEEDING["sample_length"]
 
