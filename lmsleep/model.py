@@ -29,6 +29,29 @@ from .layers import BlockMemory, FastWeightMemory, RMSNorm
 Memory = list[BlockMemory]
 
 
+def check_token_ids(tokens: torch.Tensor, vocab_size: int, name: str = "tokens", check_range: bool = True) -> None:
+    """A clear error unless `tokens` is an int64/int32 [batch, time] tensor of ids in [0, vocab_size)."""
+    if not isinstance(tokens, torch.Tensor) or tokens.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"{name} must be an int64/int32 tensor of token ids, got {getattr(tokens, 'dtype', type(tokens))}")
+    if tokens.dim() != 2:
+        raise ValueError(f"{name} must be [batch, time], got shape {tuple(tokens.shape)}")
+    if check_range and tokens.numel() and (tokens.min() < 0 or tokens.max() >= vocab_size):
+        bad = tokens[(tokens < 0) | (tokens >= vocab_size)][0].item()
+        raise ValueError(f"{name} contains id {bad}, outside the vocabulary [0, {vocab_size})")
+
+
+def loss_positions(model, tokens: torch.Tensor, targets: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+    """The boolean mask of the positions a loss is taken at, after checking the targets against `model`'s
+    vocabulary and the tokens' shape (what every model's `loss` checks first)."""
+    model.check_tokens(targets, "targets")
+    if targets.shape != tokens.shape:
+        raise ValueError(f"targets must have the tokens' shape {tuple(tokens.shape)}, got {tuple(targets.shape)}")
+    mask = loss_mask.bool()
+    if not bool(mask.any()):
+        raise ValueError("loss_mask selects no position: there is nothing to predict")
+    return mask
+
+
 class SleepLM(nn.Module):
     def __init__(self, config: SleepConfig):
         super().__init__()
@@ -53,17 +76,9 @@ class SleepLM(nn.Module):
     # ----- pieces shared by the training forward and the streaming engine -----
 
     def check_tokens(self, tokens: torch.Tensor, name: str = "tokens") -> None:
-        if not isinstance(tokens, torch.Tensor) or tokens.dtype not in (torch.int64, torch.int32):
-            raise TypeError(f"{name} must be an int64/int32 tensor of token ids, got {getattr(tokens, 'dtype', type(tokens))}")
-        if tokens.dim() != 2:
-            raise ValueError(f"{name} must be [batch, time], got shape {tuple(tokens.shape)}")
         # Reading the ids is a data-dependent branch, which torch.compile(fullgraph=True) cannot trace: a
-        # compiled model leaves the check to the embedding's own index check.
-        if torch.compiler.is_compiling():
-            return
-        if tokens.numel() and (tokens.min() < 0 or tokens.max() >= self.config.vocab_size):
-            bad = tokens[(tokens < 0) | (tokens >= self.config.vocab_size)][0].item()
-            raise ValueError(f"{name} contains id {bad}, outside the vocabulary [0, {self.config.vocab_size})")
+        # compiled model leaves the range check to the embedding's own index check.
+        check_token_ids(tokens, self.config.vocab_size, name, check_range=not torch.compiler.is_compiling())
 
     def empty_memory(self) -> Memory:
         return [block.empty_memory() for block in self.blocks]
@@ -248,12 +263,7 @@ class SleepLM(nn.Module):
         use_checkpoint: bool = False,
     ) -> torch.Tensor:
         """Mean cross-entropy of `targets` at the positions where loss_mask is 1 (answer tokens)."""
-        self.check_tokens(targets, "targets")
-        if targets.shape != tokens.shape:
-            raise ValueError(f"targets must have the tokens' shape {tuple(tokens.shape)}, got {tuple(targets.shape)}")
-        mask = loss_mask.bool()
-        if not bool(mask.any()):
-            raise ValueError("loss_mask selects no position: there is nothing to predict")
+        mask = loss_positions(self, tokens, targets, loss_mask)
         logits = self(tokens, loss_mask, passes, use_checkpoint, logits_for="loss")
         selected = logits[mask]
         if selected.dtype in (torch.float16, torch.bfloat16):

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..layers.levels import MemoryLevels
+from ..model import check_token_ids, loss_positions
 from ..stream import SleepStream
 from .hf_levels import attached, levels_of
 
@@ -109,13 +110,7 @@ class AttachedLM(nn.Module):
         return [layers[i] for i in self.config.layers]
 
     def check_tokens(self, tokens: torch.Tensor, name: str = "tokens") -> None:
-        if not isinstance(tokens, torch.Tensor) or tokens.dtype not in (torch.int64, torch.int32):
-            raise TypeError(f"{name} must be an int64/int32 tensor of token ids, got {getattr(tokens, 'dtype', type(tokens))}")
-        if tokens.dim() != 2:
-            raise ValueError(f"{name} must be [batch, time], got shape {tuple(tokens.shape)}")
-        if tokens.numel() and (tokens.min() < 0 or tokens.max() >= self.config.vocab_size):
-            bad = tokens[(tokens < 0) | (tokens >= self.config.vocab_size)][0].item()
-            raise ValueError(f"{name} contains id {bad}, outside the vocabulary [0, {self.config.vocab_size})")
+        check_token_ids(tokens, self.config.vocab_size, name)
 
     def forward(self, tokens: torch.Tensor, *_, cache=None) -> torch.Tensor:
         """Logits [batch, time, vocab] of `tokens`, read after what `cache` (a transformers Cache) holds."""
@@ -123,12 +118,7 @@ class AttachedLM(nn.Module):
 
     def loss(self, tokens: torch.Tensor, targets: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy of `targets` where loss_mask is 1 (as SleepLM.loss)."""
-        self.check_tokens(targets, "targets")
-        if targets.shape != tokens.shape:
-            raise ValueError(f"targets must have the tokens' shape {tuple(tokens.shape)}, got {tuple(targets.shape)}")
-        mask = loss_mask.bool()
-        if not bool(mask.any()):
-            raise ValueError("loss_mask selects no position: there is nothing to predict")
+        mask = loss_positions(self, tokens, targets, loss_mask)
         return F.cross_entropy(self(tokens)[mask].float(), targets[mask])
 
     def learner_tensors(self) -> dict[str, torch.Tensor]:
