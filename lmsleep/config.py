@@ -12,6 +12,11 @@ from .layers.levels import GATINGS
 EVICTION_MODES = ("hard", "sliding", "none")
 
 
+def retained_tokens(window: int, eviction: str) -> int:
+    """Keys/values an attention block carries into the next window: L − 1 when sliding, else none."""
+    return window - 1 if eviction == "sliding" else 0
+
+
 @dataclass(frozen=True)
 class SleepConfig:
     """Hyper-parameters of a sleep hybrid (spec: sleep-recurrence.md).
@@ -94,7 +99,7 @@ class SleepConfig:
     @property
     def retained_tokens(self) -> int:
         """Keys/values an attention block carries into the next window (L − 1 when sliding)."""
-        return self.window - 1 if self.eviction == "sliding" else 0
+        return retained_tokens(self.window, self.eviction)
 
     def replace(self, **changes) -> "SleepConfig":
         return SleepConfig(**{**asdict(self), **changes})

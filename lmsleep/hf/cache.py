@@ -16,20 +16,21 @@ from __future__ import annotations
 import torch
 from transformers.cache_utils import Cache
 
-from ..model import SleepLM
+from ..recurrence import SleepRecurrence
 from ..stream import SleepStream
 
 
 class SleepCache(Cache):
-    """The wake/sleep memory of `model` (an lmsleep SleepLM) for one batch; `passes`: N′ to sleep with
-    instead of the model's N. The stream is made at the first tokens (their batch size is the cache's)."""
+    """The wake/sleep memory of `model` (an lmsleep SleepLM, or a transformers hybrid's hf.hybrid.SleepHybrid)
+    for one batch; `passes`: N′ (or Adaptive) to sleep with instead of the model's N. The stream is made at
+    the first tokens (their batch size is the cache's)."""
 
     is_compileable = False  # the window fills and sleeps at data-dependent steps: nothing static to compile
 
-    def __init__(self, model: SleepLM, passes: int | None = None):
-        if not isinstance(model, SleepLM):
-            raise TypeError(f"SleepCache needs an lmsleep SleepLM (a SleepLMForCausalLM's .model), "
-                            f"got {type(model).__name__}")
+    def __init__(self, model: SleepRecurrence, passes=None):
+        if not isinstance(model, SleepRecurrence):
+            raise TypeError(f"SleepCache needs a model that sleeps (an lmsleep SleepLM: a SleepLMForCausalLM's "
+                            f".model; or a sleep_hybrid model's .model), got {type(model).__name__}")
         super().__init__(layers=[])
         self.model = model
         self.passes = model._check_passes(passes)
@@ -47,6 +48,12 @@ class SleepCache(Cache):
             self.model.check_tokens(tokens, "input_ids")
             self.stream = SleepStream(self.model, batch_size=tokens.shape[0], passes=self.passes)
         return self.stream.feed(tokens)
+
+    def sleep_now(self) -> torch.Tensor:
+        """Sleep on the current partial window now and evict (SleepStream.sleep_now); the passes each row ran."""
+        if self.stream is None:
+            raise ValueError("sleep_now on a SleepCache that was fed no token: there is nothing to consolidate")
+        return self.stream.sleep_now()
 
     @property
     def position(self) -> int:

@@ -21,14 +21,74 @@ from .cache import SleepCache
 from .config import SleepLMConfig
 
 
-class SleepLMForCausalLM(PreTrainedModel, GenerationMixin):
+class SleepCausalLM:
+    """What a transformers causal LM over a model that sleeps (`self.model`: a SleepRecurrence, e.g. a SleepLM or
+    a hybrid.SleepHybrid) needs: the forward (training forward, or a SleepCache fed), generate()'s hooks."""
+
+    _is_stateful = True  # the memory cannot be rolled back (generate refuses assisted decoding)
+    _supported_generation_modes = (GenerationMode.GREEDY_SEARCH, GenerationMode.SAMPLE,
+                                   GenerationMode.BEAM_SEARCH, GenerationMode.BEAM_SAMPLE)
+
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        return False  # generate() must not make a DynamicCache: forward makes the SleepCache (use_cache=True)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        cache: SleepCache | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        return_dict: bool | None = None,
+        past_key_values: SleepCache | None = None,
+        **kwargs,
+    ) -> CausalLMOutputWithPast | tuple:
+        """input_ids [batch, time]; labels [batch, time] (HF convention: shifted inside, -100 ignored);
+        cache (`past_key_values` is its older name): a SleepCache of this model to continue, or None with
+        use_cache=True for a new one. attention_mask may only be all ones (models that sleep take no padding:
+        batch prompts of equal length)."""
+        if past_key_values is not None:
+            if cache is not None:
+                raise ValueError("give the cache as `cache` or as `past_key_values`, not both")
+            cache = past_key_values
+        for name in ("inputs_embeds", "output_attentions", "output_hidden_states"):
+            if kwargs.pop(name, None):
+                raise ValueError(f"{name} is not supported by models that sleep")
+        if input_ids is None:
+            raise ValueError("input_ids is required")
+        if attention_mask is not None and not bool((attention_mask == 1).all()):
+            raise ValueError("attention_mask masks some tokens, but models that sleep take no padding: give prompts "
+                             "of equal length in a batch (or one prompt at a time)")
+        if cache is None and use_cache:
+            cache = SleepCache(self.model)
+        if cache is not None:
+            self._check_cache(cache)
+            logits = cache.feed(input_ids)
+        else:
+            logits = self.model(input_ids)
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        output = CausalLMOutputWithPast(loss=loss, logits=logits, cache=cache)
+        return output if return_dict else output.to_tuple()
+
+    def _check_cache(self, cache) -> None:
+        if not isinstance(cache, SleepCache):
+            raise TypeError(f"cache must be a SleepCache of this lmsleep model (lmsleep.hf.SleepCache), got "
+                            f"{type(cache).__name__}: caches of other models do not hold lmsleep's memory")
+        if cache.model is not self.model:
+            differs = "" if cache.model.config == self.model.config else " (another config)"
+            raise ValueError(f"this SleepCache holds the memory of another model{differs}: a cache can only be "
+                             "continued by the model that filled it")
+
+
+class SleepLMForCausalLM(SleepCausalLM, PreTrainedModel, GenerationMixin):
     config_class = SleepLMConfig
     base_model_prefix = "model"
     main_input_name = "input_ids"
     _tied_weights_keys = {"model.head.weight": "model.embed.weight"}  # applied when config.tie_embeddings
-    _is_stateful = True  # the memory cannot be rolled back (generate refuses assisted decoding)
-    _supported_generation_modes = (GenerationMode.GREEDY_SEARCH, GenerationMode.SAMPLE,
-                                   GenerationMode.BEAM_SEARCH, GenerationMode.BEAM_SAMPLE)
 
     def __init__(self, config: SleepLMConfig, model: SleepLM | None = None):
         """`model`: an existing SleepLM to wrap (its config must be the one `config` describes); None builds
@@ -67,62 +127,8 @@ class SleepLMForCausalLM(PreTrainedModel, GenerationMixin):
                     if not (isinstance(c, torch.device) and c.type == "meta")]
         return [*contexts, torch.random.fork_rng(devices=[])]
 
-    @classmethod
-    def _supports_default_dynamic_cache(cls) -> bool:
-        return False  # generate() must not make a DynamicCache: forward makes the SleepCache (use_cache=True)
-
     def get_input_embeddings(self):
         return self.model.embed
 
     def get_output_embeddings(self):
         return self.model.head
-
-    def forward(
-        self,
-        input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        cache: SleepCache | None = None,
-        labels: torch.LongTensor | None = None,
-        use_cache: bool | None = None,
-        return_dict: bool | None = None,
-        past_key_values: SleepCache | None = None,
-        **kwargs,
-    ) -> CausalLMOutputWithPast | tuple:
-        """input_ids [batch, time]; labels [batch, time] (HF convention: shifted inside, -100 ignored);
-        cache (`past_key_values` is its older name): a SleepCache of this model to continue, or None with
-        use_cache=True for a new one. attention_mask may only be all ones (lmsleep models take no padding:
-        batch prompts of equal length)."""
-        if past_key_values is not None:
-            if cache is not None:
-                raise ValueError("give the cache as `cache` or as `past_key_values`, not both")
-            cache = past_key_values
-        for name in ("inputs_embeds", "output_attentions", "output_hidden_states"):
-            if kwargs.pop(name, None):
-                raise ValueError(f"{name} is not supported by lmsleep models")
-        if input_ids is None:
-            raise ValueError("input_ids is required")
-        if attention_mask is not None and not bool((attention_mask == 1).all()):
-            raise ValueError("attention_mask masks some tokens, but lmsleep models take no padding: give prompts "
-                             "of equal length in a batch (or one prompt at a time)")
-        if cache is None and use_cache:
-            cache = SleepCache(self.model)
-        if cache is not None:
-            self._check_cache(cache)
-            logits = cache.feed(input_ids)
-        else:
-            logits = self.model(input_ids)
-        loss = None
-        if labels is not None:
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        output = CausalLMOutputWithPast(loss=loss, logits=logits, cache=cache)
-        return output if return_dict else output.to_tuple()
-
-    def _check_cache(self, cache) -> None:
-        if not isinstance(cache, SleepCache):
-            raise TypeError(f"cache must be a SleepCache of this lmsleep model (lmsleep.hf.SleepCache), got "
-                            f"{type(cache).__name__}: caches of other models do not hold lmsleep's memory")
-        if cache.model is not self.model:
-            differs = "" if cache.model.config == self.model.config else " (another config)"
-            raise ValueError(f"this SleepCache holds the memory of another model{differs}: a cache can only be "
-                             "continued by the model that filled it")
