@@ -7,8 +7,9 @@ causal LM that sleeps (hybrid.py's SleepHybrid under hf.model's SleepCausalLM fo
     wrapped.generate(prompt, max_new_tokens=...)      decodes through a SleepCache: one wake pass per token,
                                                       sleep and eviction each time the window fills; memory
                                                       bounded by L however long the output
-    cache = wrapped(prompt, use_cache=True).cache; cache.sleep_now()   sleep on demand, then continue
-                                                      (wrapped.generate(..., cache=cache))
+    cache = wrapped(prompt[:, :-1], use_cache=True).cache
+    cache.sleep_now(); wrapped.generate(prompt, cache=cache)   sleep on demand after reading, then generate
+                                                      (generate feeds the prompt's tokens the cache has not seen)
     wrapped.model(input_ids, passes=Adaptive(ε, N_max), boundaries=[...])   SleepRecurrence.forward itself
 
 The wrapped model shares the original's modules and weights (nothing is copied or re-initialised);
@@ -30,13 +31,20 @@ class SleepHybridForCausalLM(SleepCausalLM, PreTrainedModel, GenerationMixin):
 
     base_model_prefix = "model"
     main_input_name = "input_ids"
-    # The attention layers are the wrapped model's, which run with the implementation its own config names.
-    _supports_sdpa = _supports_flash_attn = _supports_flex_attn = _supports_attention_backend = True
+    _supports_sdpa = True  # what PreTrainedModel's init checks; the layers are the wrapped model's (see __init__)
 
     def __init__(self, sleeper: SleepHybrid):
-        # A copy: PreTrainedModel's init settles attention settings on the config it is given, and the wrapped
-        # model's own config must stay as it was.
-        super().__init__(copy.deepcopy(sleeper.causal_lm.config))
+        # A copy: PreTrainedModel's init settles the attention and experts implementations on the config it is
+        # given (checked against this class), and the wrapped model's own config must stay as it was. The layers
+        # run with the wrapped model's settings, which the copy then states.
+        original = sleeper.causal_lm.config
+        config = copy.deepcopy(original)
+        settled = ("_attn_implementation_internal", "_experts_implementation_internal")
+        for name in settled:
+            setattr(config, name, None)
+        super().__init__(config)
+        for name in settled:
+            setattr(self.config, name, getattr(original, name, None))
         self.model = sleeper
         self.generation_config = sleeper.causal_lm.generation_config
         self.post_init()
