@@ -78,7 +78,8 @@ def window_mask(memory: WindowKV, new: int, window: int, dtype: torch.dtype, dev
     key = torch.arange(-retained, seen + new, device=device)
     distance = query[:, None] - key[None, :]
     visible = (distance >= 0) & (distance <= window - 1)
-    return torch.zeros(visible.shape, dtype=dtype, device=device).masked_fill(~visible, torch.finfo(dtype).min)[None, None]
+    mask = torch.zeros(visible.shape, dtype=dtype, device=device).masked_fill(~visible, torch.finfo(dtype).min)
+    return mask[None, None]
 
 
 class LayerCache:

@@ -74,4 +74,5 @@ def sleep_hybrid(model: nn.Module, window: int, passes: int = 1, eviction: str =
     dropped; "sliding": the final pass's last L − 1 keys/values kept), and each window is slept on with
     `passes` (N) passes through layers [loop_start, loop_end) (default all), the GatedDeltaNet states carried.
     Refuses, naming what is missing, a model without Gated-DeltaNet layers or with layers of another kind."""
-    return SleepHybridForCausalLM(SleepHybrid(model, hybrid_config(model, window, passes, eviction, loop_start, loop_end)))
+    config = hybrid_config(model, window, passes, eviction, loop_start, loop_end)
+    return SleepHybridForCausalLM(SleepHybrid(model, config))
