@@ -52,3 +52,12 @@ def test_bad_flags_are_named(world):
         bench.systems(_args(world, passages=0))
     with pytest.raises(ValueError, match="needs passages up to"):
         bench.run_seed(_args(world, passages=2), 1, lambda: None)
+
+
+def test_the_runner_writes_the_report(world):
+    from lmsleep.continual.bench import runner
+
+    args = _args(world, systems="finetune", seeds=[0], out=str(world / "out"), threads=1, cache_dir=None)
+    runner.run(bench, args)
+    report = (world / "out" / "report.md").read_text()
+    assert "| finetune |" in report and "Table 3" in report

@@ -11,7 +11,7 @@ A benchmark is a module exporting
     run_seed(args, seed, tick) -> dict   one seed: {"systems": {system: {metric: number}}, ...anything else}
     PRIMARY                         the metric the plot shows by default
     plot(summary, path)             optional: its own figure (default: a bar per system of PRIMARY)
-    notes(summary) -> str           optional: markdown placed under the table (what was measured, verdicts)
+    notes(summary, per_seed) -> str optional: markdown placed under the table (what was measured, verdicts)
     base_configs(args) -> {name: TrainConfig}   optional, with bases(args): the pretrained bases a run
                                     loads. The uncached ones are first-time work: their training time
                                     (continual.base.training_seconds) is part of the estimate, and

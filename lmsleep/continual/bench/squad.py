@@ -101,7 +101,7 @@ def run_seed(args, seed: int, tick) -> dict:
             "passages": list(range(seed * args.passages, (seed + 1) * args.passages)), "threads": torch.get_num_threads()}
 
 
-def notes(summary: dict) -> str:
+def notes(summary: dict, per_seed: list[dict]) -> str:
     return ("EM / F1 / contains: SQuAD's exact match, token F1 and the share of replies containing the reference, "
             "closed-book on the passage's questions (percent); reading: in-context F1 on the probe passages; "
             "forgetting: the base's reading minus the system's; cpu_s: the system's learning, CPU seconds. "
