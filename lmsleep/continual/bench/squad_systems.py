@@ -64,7 +64,8 @@ class FineTuner:
     def learn(self, passage: squad.Passage, seed: int) -> None:
         lm = _lm(self.model)
         text = self.tokenizer(passage.context)["input_ids"]
-        rows = [_row([self.tokenizer.bos_token_id or text[0]], text if self.tokenizer.bos_token_id else text[1:])]
+        bos = self.tokenizer.bos_token_id  # the passage read from its start token where the tokenizer has one
+        rows = [_row([bos], text) if bos is not None else _row(text[:1], text[1:])]
         if self.restate:
             context, prompt = squad_qa.layout(self.tokenizer, passage)
             prompts = prompt.expand(self.budget.restatements, -1)
