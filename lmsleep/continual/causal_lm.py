@@ -33,7 +33,7 @@ from torch import nn
 from ..layers.levels import MemoryLevels
 from ..model import check_token_ids, loss_positions
 from ..stream import SleepStream
-from .hf_levels import attached, levels_of
+from .hf_levels import attached, decoder_layers, levels_of
 
 
 @dataclass(frozen=True)
@@ -106,7 +106,7 @@ class AttachedLM(nn.Module):
 
     @property
     def blocks(self) -> list[nn.Module]:
-        layers = self.lm.model.layers if hasattr(self.lm, "model") else self.lm.layers
+        layers = decoder_layers(self.lm)
         return [layers[i] for i in self.config.layers]
 
     def check_tokens(self, tokens: torch.Tensor, name: str = "tokens") -> None:
