@@ -10,6 +10,7 @@ from ...tasks import batch, facts
 from ..base import pretrained_base
 from ..demo import BASE_STEPS, MODEL as DEMO_MODEL, SEEDING as DEMO_SEEDING, WORLD
 from . import knowledge_systems as ks
+from .tuning import choose
 
 MODEL = {**DEMO_MODEL, "expert_pool": 24}  # one new expert per passage; a full pool merges (LearnerConfig.full_pool)
 LEVELS = (2, 4)
@@ -79,12 +80,7 @@ def tune(base, args, seed: int, probe_: dict, reading_base: float, generator, ti
         tick()
     chosen = {}
     for name in (*ks.SFT_SYSTEMS, "sleep"):
-        results = []
-        for lr in GRID:
-            outcomes = tried[f"{name} {lr}"]
-            results.append((sum(o[0] for o in outcomes) / len(outcomes), sum(o[1] for o in outcomes) / len(outcomes), lr))
-        within = [r for r in results if r[1] <= args.forgetting_budget]
-        chosen[name] = (max(within, key=lambda r: (r[0], -r[1], -r[2])) if within else min(results, key=lambda r: r[1]))[2]
+        chosen[name] = choose({lr: tried[f"{name} {lr}"] for lr in GRID}, args.forgetting_budget)
     return chosen
 
 
