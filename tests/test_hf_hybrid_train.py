@@ -126,3 +126,18 @@ def test_a_missing_transformers_is_named(monkeypatch):
 
     with pytest.raises(ValueError, match="SleepLM builds lmsleep's own blocks"):
         SleepLM(SleepConfig(**QWEN))
+
+
+def test_hf_export_of_a_qwen3_5_run_is_a_qwen3_5_that_sleeps_as_trained_once_wrapped(tmp_path, capsys):
+    from transformers import Qwen3_5ForCausalLM
+
+    from lmsleep.hf import sleep_hybrid
+
+    Trainer(qwen_train_config(steps=2, eval_every=2), tmp_path / "run", progress=False).run()
+    assert main(["hf-export", str(tmp_path / "run"), str(tmp_path / "hf")]) == 0
+    assert "sleep_hybrid(model, window=8, passes=2, eviction='hard')" in capsys.readouterr().out
+    trained = load_model(tmp_path / "run" / "checkpoint")
+    wrapped = sleep_hybrid(Qwen3_5ForCausalLM.from_pretrained(tmp_path / "hf"), window=8, passes=2)
+    tokens = torch.randint(0, trained.config.vocab_size, (2, 30))
+    with torch.no_grad():
+        torch.testing.assert_close(wrapped.model(tokens), trained(tokens), rtol=0, atol=0)
