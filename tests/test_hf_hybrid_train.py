@@ -51,6 +51,9 @@ def test_the_config_builds_transformers_qwen3_5_with_its_dimensions_made_to_slee
                  "causal_lm.model.embed_tokens.weight", "causal_lm.lm_head.weight"):
         assert id(named[name]) in groups["adamw"], name
     assert len(groups["muon"]) + len(groups["adamw"]) == len(named)
+    # the decay starts as Gated DeltaNet's (slow enough to carry a window), not transformers' placeholder dt_bias = 1
+    decay_rate = named[gdn + "A_log"].exp() * torch.nn.functional.softplus(named[gdn + "dt_bias"])
+    assert bool((decay_rate <= 16 * 0.1).all()) and bool((named[gdn + "A_log"].exp() >= 1).all())
     mask = [0] * 16 + [1] * 16  # a consolidation window, then an answer window
     n1 = build_model(SleepConfig(**{**QWEN, "sleep_passes": 1}, window=16)).estimate_flops(mask)
     assert model.estimate_flops(mask) > n1 > 0  # the second pass over the first window costs

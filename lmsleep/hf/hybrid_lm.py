@@ -13,13 +13,19 @@ train it as they train a SleepLM, and lmsleep.io saves, checks and loads it the 
     mlp_hidden          intermediate_size;  conv_size: linear_conv_kernel_dim
     rope_theta, norm_eps   rope_parameters' rope_theta (Qwen3.5's partial rotary kept), rms_norm_eps
 
-The rest is Qwen3.5's own (gated attention output, q/k norms, its initialisation).
+The rest is Qwen3.5's own (gated attention output, q/k norms, its initialisation), but for the decay of its
+Gated-DeltaNet layers: transformers initialises dt_bias = 1 and A ~ U(0.01, 16), a placeholder for pretrained
+weights under which the state decays by exp(−1.3·A) per token, forgetting within a token or two, so that at the
+start of training nothing crosses a window (and the sleep changes the logits by ~1e-6). A model trained from
+scratch here starts as Gated DeltaNet (fla) and lmsleep's own layer do (layers.gated_deltanet.decay_init).
 """
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from ..config import SleepConfig
+from ..layers.gated_deltanet import decay_init
 from .hybrid import SleepHybrid, hybrid_config
 from .hybrid_layers import ATTENTION, FAST_WEIGHTS
 
@@ -66,9 +72,14 @@ class HybridLM(SleepHybrid):
                                                   config.loop_start, config.loop_end))
         self.config = config  # the SleepConfig: the same window, N, eviction and vocab_size the sleep runs with
         for layer, kind in zip(self.layers, self.kinds):
-            if kind == FAST_WEIGHTS:  # per-head decay and write-strength gates: AdamW, as lmsleep's GatedDeltaNet
-                for gate in (layer.linear_attn.in_proj_a.weight, layer.linear_attn.in_proj_b.weight):
-                    gate.optimizer_group = "adamw"
+            if kind != FAST_WEIGHTS:
+                continue
+            gdn = layer.linear_attn
+            with torch.no_grad():  # a decay that keeps memory from the start (see the module's docstring)
+                for parameter, value in zip((gdn.A_log, gdn.dt_bias), decay_init(gdn.num_v_heads)):
+                    parameter.copy_(value)
+            for gate in (gdn.in_proj_a.weight, gdn.in_proj_b.weight):  # per-head decay and write-strength
+                gate.optimizer_group = "adamw"  # gates: AdamW, as lmsleep's GatedDeltaNet
 
     def block_modules(self) -> nn.Module:
         return self.layers
