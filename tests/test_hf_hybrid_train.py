@@ -144,3 +144,21 @@ def test_hf_export_of_a_qwen3_5_run_is_a_qwen3_5_that_sleeps_as_trained_once_wra
     tokens = torch.randint(0, trained.config.vocab_size, (2, 30))
     with torch.no_grad():
         torch.testing.assert_close(wrapped.model(tokens), trained(tokens), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("arch", ["qwen3_5", "qwen3_next", "olmo_hybrid"])
+def test_a_wrapped_pretrained_hybrid_has_the_loss_optimizer_groups_and_flops_too(arch):
+    from test_hf_hybrid import ARCHITECTURES, tokens
+
+    from lmsleep.hf import sleep_hybrid
+
+    causal_lm = ARCHITECTURES[arch]()
+    sleeper = sleep_hybrid(causal_lm, window=8, passes=2).model
+    groups = sleeper.optimizer_groups()
+    assert sum(map(len, groups.values())) == len(list(causal_lm.parameters())) and groups["muon"]
+    assert id(causal_lm.get_input_embeddings().weight) in {id(p) for p in groups["adamw"]}
+    mask = [0] * 8 + [1] * 8
+    assert sleeper.estimate_flops(mask) > sleep_hybrid(causal_lm, window=8, passes=1).model.estimate_flops(mask)
+    x = tokens(2, 16)
+    sleeper.loss(x, x, torch.tensor([mask, mask])).backward()
+    assert all(p.grad is not None for p in groups["muon"])

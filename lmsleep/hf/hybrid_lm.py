@@ -61,8 +61,9 @@ BUILDERS = {"qwen3.5": qwen3_5}  # SleepConfig.architecture → its transformers
 
 
 class HybridLM(SleepHybrid):
-    """A SleepConfig's transformers hybrid, trainable by lmsleep.train. `config` is the SleepConfig (what
-    lmsleep.io saves); `causal_lm` the transformers model, whose weights are the state_dict's."""
+    """A SleepConfig's transformers hybrid, trained by lmsleep.train (SleepHybrid has the loss, optimizer groups
+    and FLOPs). `config` is the SleepConfig (what lmsleep.io saves); `causal_lm` the transformers model, whose
+    weights are the state_dict's."""
 
     def __init__(self, config: SleepConfig):
         if config.architecture not in BUILDERS:
@@ -80,15 +81,3 @@ class HybridLM(SleepHybrid):
                     parameter.copy_(value)
             for gate in (gdn.in_proj_a.weight, gdn.in_proj_b.weight):  # per-head decay and write-strength
                 gate.optimizer_group = "adamw"  # gates: AdamW, as lmsleep's GatedDeltaNet
-
-    def block_modules(self) -> nn.Module:
-        return self.layers
-
-    def block_flops_per_token(self, i: int, context: int) -> float:
-        layer = self.layers[i]
-        matrices = sum(m.weight.numel() for m in layer.modules() if isinstance(m, nn.Linear))
-        attention = 4 * context * self.config.n_heads * self.config.head_dim if self.kinds[i] == ATTENTION else 0
-        return 2 * matrices + attention
-
-    def head_flops_per_token(self) -> float:
-        return 2 * self.causal_lm.get_output_embeddings().weight.numel()
