@@ -11,6 +11,13 @@ from .layers.levels import GATINGS
 
 EVICTION_MODES = ("hard", "sliding", "none")
 
+# Whose layers build the model a SleepConfig describes (model.build_model builds it).
+ARCHITECTURES = {
+    "lmsleep": "lmsleep's own blocks (SleepLM)",
+    "qwen3.5": "transformers' Qwen3.5 (Qwen3_5ForCausalLM) with these dimensions, randomly initialised and made to "
+               "sleep by lmsleep.hf.sleep_hybrid (needs transformers: pip install 'lmsleep[hf]')",
+}
+
 
 def retained_tokens(window: int, eviction: str) -> int:
     """Keys/values an attention block carries into the next window: L − 1 when sliding, else none."""
@@ -31,6 +38,10 @@ class SleepConfig:
     layers.levels), each with `level_experts` base experts (routed top-1 when more than one), a pool of
     `expert_pool` low-rank experts of rank `expert_rank`, gated by `expert_gating` ("sigmoid": a gate per expert that
     starts closed, the default; "sum" or "softmax" as ablations).
+    architecture: whose layers build the model (ARCHITECTURES): "lmsleep" (SleepLM's blocks) or "qwen3.5"
+    (transformers' Qwen3_5ForCausalLM built from the same fields: layout letters → its layer_types, d_model →
+    hidden_size, n_heads × head_dim attention, n_fast_heads × fast_key_dim / fast_value_dim Gated-DeltaNet heads,
+    mlp_hidden → intermediate_size, conv_size; memory levels, eviction "none" and tied embeddings not supported).
     """
 
     vocab_size: int = 32
@@ -57,6 +68,7 @@ class SleepConfig:
     expert_rank: int = 4
     expert_pool: int = 4
     expert_gating: str = "sigmoid"
+    architecture: str = "lmsleep"
 
     def __post_init__(self) -> None:
         validate.check_types(self)
@@ -91,6 +103,16 @@ class SleepConfig:
         validate.positive_number("SleepConfig.norm_eps", self.norm_eps)
         if not self.vocabulary:
             raise ValueError("SleepConfig.vocabulary must be a non-empty string, got ''")
+        validate.one_of("SleepConfig.architecture", self.architecture, ARCHITECTURES)
+        if self.architecture != "lmsleep":
+            unsupported = {"memory_levels": (self.memory_levels, 0), "tie_embeddings": (self.tie_embeddings, False)}
+            for name, (value, plain) in unsupported.items():
+                if value != plain:
+                    raise ValueError(f"SleepConfig.{name} must be {plain!r} for architecture {self.architecture!r} "
+                                     f"(only lmsleep's own blocks have it), got {value!r}")
+            if self.eviction == "none":
+                raise ValueError(f"SleepConfig.eviction must be 'hard' or 'sliding' for architecture "
+                                 f"{self.architecture!r} (lmsleep.hf.sleep_hybrid windows its attention), got 'none'")
 
     @property
     def resolved_loop_end(self) -> int:

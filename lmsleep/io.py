@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from safetensors import safe_open
 
 from .config import SleepConfig
-from .model import SleepLM
+from .model import SleepLM, build_model
 
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 MODEL_FORMAT, MODEL_VERSION = "lmsleep-model", 1  # version 0: files from before checksums (no version field)
@@ -179,6 +179,7 @@ def save_model(model: SleepLM, directory: str | os.PathLike) -> Path:
 
 
 def load_model(directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> SleepLM:
+    """The model saved in `directory` (a SleepLM, or the model of its config's architecture: model.build_model)."""
     directory = Path(directory)
     config_path = directory / CONFIG_FILE
     if not config_path.is_file():
@@ -189,7 +190,7 @@ def load_model(directory: str | os.PathLike, map_location: str | torch.device = 
     saved = SleepConfig.from_json(metadata.get("config", "{}"))
     if saved != config:
         raise ValueError(f"{config_path} does not match the config the weights were saved with: {config_diff(config, saved)}")
-    model = SleepLM(config)
+    model = build_model(config)
     expected = _weights(model)
     missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
     if missing or unexpected:

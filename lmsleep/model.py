@@ -6,7 +6,6 @@ and the model's own accounting (optimizer groups, FLOPs).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -29,20 +28,24 @@ def check_token_ids(tokens: torch.Tensor, vocab_size: int, name: str = "tokens",
         raise ValueError(f"{name} contains id {bad}, outside the vocabulary [0, {vocab_size})")
 
 
-def loss_positions(model, tokens: torch.Tensor, targets: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
-    """The boolean mask of the positions a loss is taken at, after checking the targets against `model`'s
-    vocabulary and the tokens' shape (what every model's `loss` checks first)."""
-    model.check_tokens(targets, "targets")
-    if targets.shape != tokens.shape:
-        raise ValueError(f"targets must have the tokens' shape {tuple(tokens.shape)}, got {tuple(targets.shape)}")
-    mask = loss_mask.bool()
-    if not bool(mask.any()):
-        raise ValueError("loss_mask selects no position: there is nothing to predict")
-    return mask
+def build_model(config: SleepConfig) -> SleepRecurrence:
+    """The model `config` describes, freshly initialised: a SleepLM, or (architecture "qwen3.5") transformers'
+    Qwen3.5 built from the same dimensions and made to sleep (lmsleep.hf.hybrid_lm.HybridLM)."""
+    if config.architecture == "lmsleep":
+        return SleepLM(config)
+    try:
+        from .hf.hybrid_lm import HybridLM
+    except ImportError as error:
+        raise ImportError(f"architecture {config.architecture!r} needs transformers (pip install 'lmsleep[hf]'): "
+                          f"{error}") from None
+    return HybridLM(config)
 
 
 class SleepLM(SleepRecurrence, nn.Module):
     def __init__(self, config: SleepConfig):
+        if config.architecture != "lmsleep":
+            raise ValueError(f"SleepLM builds lmsleep's own blocks; a config of architecture {config.architecture!r} "
+                             "is built by lmsleep.model.build_model")
         super().__init__()
         self.config = config
         self.embed = nn.Embedding(config.vocab_size, config.d_model)
@@ -94,22 +97,6 @@ class SleepLM(SleepRecurrence, nn.Module):
         """The looped blocks that keep a fast-weight state S: what adaptive sleep measures."""
         return [i for i in self.looped if issubclass(self.blocks[i].memory_type, FastWeightMemory)]
 
-    def loss(
-        self,
-        tokens: torch.Tensor,
-        targets: torch.Tensor,
-        loss_mask: torch.Tensor,
-        passes: int | None = None,
-        use_checkpoint: bool = False,
-    ) -> torch.Tensor:
-        """Mean cross-entropy of `targets` at the positions where loss_mask is 1 (answer tokens)."""
-        mask = loss_positions(self, tokens, targets, loss_mask)
-        logits = self(tokens, loss_mask, passes, use_checkpoint, logits_for="loss")
-        selected = logits[mask]
-        if selected.dtype in (torch.float16, torch.bfloat16):
-            selected = selected.float()
-        return F.cross_entropy(selected, targets[mask])
-
     # ----- what a continual learner's file keeps (the protocol continual.causal_lm describes) -----
 
     def learner_tensors(self) -> dict[str, torch.Tensor]:
@@ -126,31 +113,17 @@ class SleepLM(SleepRecurrence, nn.Module):
 
             raise ValueError(f"{source} was saved for another model config: {config_diff(self.config, saved)}")
 
-    # ----- accounting (the model's own, as in nanoGPT / nanochat) -----
+    # ----- accounting (the model's own, as in nanoGPT / nanochat; SleepRecurrence sums it) -----
 
-    def optimizer_groups(self) -> dict[str, list[nn.Parameter]]:
-        """{"muon": the blocks' hidden matrices, "adamw": everything else}: embeddings, the head, norms,
-        conv kernels, A_log / dt_bias, and parameters a layer tagged `optimizer_group = "adamw"` (the
-        per-head decay and write-strength gates). Each list keeps the order of `parameters()`."""
-        in_blocks = {id(p) for p in self.blocks.parameters()}
-        groups: dict[str, list[nn.Parameter]] = {"muon": [], "adamw": []}
-        for p in self.parameters():
-            hidden_matrix = id(p) in in_blocks and p.dim() == 2
-            groups[getattr(p, "optimizer_group", "muon" if hidden_matrix else "adamw")].append(p)
-        return groups
+    def block_modules(self) -> nn.Module:
+        return self.blocks
 
-    def estimate_flops(self, loss_mask: list[int]) -> float:
-        """Estimated training FLOPs (forward + backward ≈ 3 × forward) of one example with this loss mask
-        (its length is the example's): 2 FLOPs per matrix weight per token per pass (the blocks' and the
-        head's linear layers), the looped blocks run N times on consolidation windows (mask zero), plus
-        each mixer's own per-token work (attention: 4·context·width, context = the window's length)."""
-        matrices = [sum(m.weight.numel() for m in block.modules() if isinstance(m, nn.Linear)) for block in self.blocks]
-        total = 0.0
-        for start, end in self.windows(len(loss_mask)):
-            chunk = loss_mask[start:end]
-            passes = self.config.sleep_passes if not any(chunk) else 1
-            for i, block in enumerate(self.blocks):
-                runs = passes if i in self.looped else 1
-                total += runs * len(chunk) * (2 * matrices[i] + block.mixer.extra_flops_per_token(len(chunk)))
-            total += len(chunk) * 2 * self.head.weight.numel()
-        return 3 * total
+    def block_flops_per_token(self, i: int, context: int) -> float:
+        """Forward FLOPs per token of block i: 2 per matrix weight of its linear layers, plus its mixer's own
+        per-token work over `context` tokens."""
+        block = self.blocks[i]
+        matrices = sum(m.weight.numel() for m in block.modules() if isinstance(m, nn.Linear))
+        return 2 * matrices + block.mixer.extra_flops_per_token(context)
+
+    def head_flops_per_token(self) -> float:
+        return 2 * self.head.weight.numel()

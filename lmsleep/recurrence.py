@@ -22,17 +22,34 @@ A model built on `SleepRecurrence` (an nn.Module) provides:
     run_blocks(indices, h, memory, use_checkpoint) → (h, memory): blocks `indices` on the next tokens
     check_tokens(tokens, name); fast_blocks() → looped blocks with a fast-weight state S (`.state`)
     layout_description() → how an error message names the stack of blocks
+and, for training (lmsleep.train) and its accounting:
+    block_modules() → the module holding the blocks (its 2-D parameters are the hidden matrices for Muon)
+    block_flops_per_token(i, context), head_flops_per_token() → forward FLOPs of block i / of the head
 Each block's memory has next_pass() (a further sleep pass over the same window), evict(retain) (the
 window's end), tensors() and from_tensors() (rows, files).
 """
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from . import validate
 from .adaptive import Adaptive, Passes, max_passes
 
 Memory = list  # one memory per block
+
+
+def loss_positions(model, tokens: torch.Tensor, targets: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+    """The boolean mask of the positions a loss is taken at, after checking the targets against `model`'s
+    vocabulary and the tokens' shape (what every model's `loss` checks first)."""
+    model.check_tokens(targets, "targets")
+    if targets.shape != tokens.shape:
+        raise ValueError(f"targets must have the tokens' shape {tuple(tokens.shape)}, got {tuple(targets.shape)}")
+    mask = loss_mask.bool()
+    if not bool(mask.any()):
+        raise ValueError("loss_mask selects no position: there is nothing to predict")
+    return mask
 
 
 class SleepRecurrence:
@@ -208,3 +225,47 @@ class SleepRecurrence:
         if passes != 1 and self.config.eviction == "none":
             raise ValueError("passes must be 1 for a model with eviction='none' (it never sleeps)")
         return passes
+
+    # ----- training: the loss and the model's accounting (as in nanoGPT / nanochat) -----
+
+    def loss(
+        self,
+        tokens: torch.Tensor,
+        targets: torch.Tensor,
+        loss_mask: torch.Tensor,
+        passes: int | None = None,
+        use_checkpoint: bool = False,
+    ) -> torch.Tensor:
+        """Mean cross-entropy of `targets` at the positions where loss_mask is 1 (answer tokens)."""
+        mask = loss_positions(self, tokens, targets, loss_mask)
+        logits = self(tokens, loss_mask, passes, use_checkpoint, logits_for="loss")
+        selected = logits[mask]
+        if selected.dtype in (torch.float16, torch.bfloat16):
+            selected = selected.float()
+        return F.cross_entropy(selected, targets[mask])
+
+    def optimizer_groups(self) -> dict[str, list[nn.Parameter]]:
+        """{"muon": the blocks' hidden matrices, "adamw": everything else}: embeddings, the head, norms,
+        conv kernels, A_log / dt_bias, and parameters a layer tagged `optimizer_group = "adamw"` (the
+        per-head decay and write-strength gates). Each list keeps the order of `parameters()`."""
+        in_blocks = {id(p) for p in self.block_modules().parameters()}
+        groups: dict[str, list[nn.Parameter]] = {"muon": [], "adamw": []}
+        for p in self.parameters():
+            hidden_matrix = id(p) in in_blocks and p.dim() == 2
+            groups[getattr(p, "optimizer_group", "muon" if hidden_matrix else "adamw")].append(p)
+        return groups
+
+    def estimate_flops(self, loss_mask: list[int]) -> float:
+        """Estimated training FLOPs (forward + backward ≈ 3 × forward) of one example with this loss mask
+        (its length is the example's): 2 FLOPs per matrix weight per token per pass (the blocks' and the
+        head's linear layers), the looped blocks run N times on consolidation windows (mask zero), plus
+        each mixer's own per-token work (attention: 4·context·width, context = the window's length)."""
+        total = 0.0
+        for start, end in self.windows(len(loss_mask)):
+            chunk = loss_mask[start:end]
+            passes = self.config.sleep_passes if not any(chunk) else 1
+            for i in range(self.after.stop):
+                runs = passes if i in self.looped else 1
+                total += runs * len(chunk) * self.block_flops_per_token(i, len(chunk))
+            total += len(chunk) * self.head_flops_per_token()
+        return 3 * total

@@ -27,7 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 from . import validate
 from .config import SleepConfig
 from .io import config_diff, load_model
-from .model import SleepLM
+from .model import SleepLM, build_model
 from .rundir import RunDirectory
 from .tasks import TASKS, batch, check_vocabulary, score, vocabulary
 
@@ -201,7 +201,7 @@ class Trainer:
             raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the number of processes {self.world}")
         self.task, self.options = cfg.task_module(), cfg.task_options_object()
         torch.manual_seed(cfg.seed)
-        self.model = SleepLM(cfg.model_config())
+        self.model = build_model(cfg.model_config())  # a SleepLM, or a transformers hybrid (config.architecture)
         if cfg.init_from and not resume:  # a resumed run takes its weights from its own checkpoint
             self.model.load_state_dict(initial_weights(cfg.init_from, self.model.config))
         self.optimizers = build_optimizers(self.model, cfg)

@@ -9,14 +9,14 @@ import json
 from pathlib import Path
 
 from . import validate
-from .config import MODEL_KINDS, model_fields
+from .config import ARCHITECTURES, MODEL_KINDS, model_fields
 from .train import TrainConfig, Trainer
 
 MODEL_FLAGS = {  # flag -> SleepConfig field
     "layout": "layout", "d_model": "d_model", "n_heads": "n_heads", "head_dim": "head_dim",
     "n_fast_heads": "n_fast_heads", "fast_key_dim": "fast_key_dim", "fast_value_dim": "fast_value_dim",
     "mlp_hidden": "mlp_hidden", "window": "window", "passes": "sleep_passes", "eviction": "eviction",
-    "loop_start": "loop_start", "loop_end": "loop_end",
+    "loop_start": "loop_start", "loop_end": "loop_end", "architecture": "architecture",
 }
 
 
@@ -36,8 +36,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", choices=list(MODEL_KINDS), default=None,
                         help="; ".join(f"{kind}: {text}" for kind, text in MODEL_KINDS.items()) + " (default sleep)")
     for flag in MODEL_FLAGS:
-        kind = str if flag in ("layout", "eviction") else int
-        parser.add_argument("--" + flag.replace("_", "-"), type=kind, default=None)
+        kind = str if flag in ("layout", "eviction", "architecture") else int
+        parser.add_argument("--" + flag.replace("_", "-"), type=kind, default=None,
+                            **({"choices": list(ARCHITECTURES), "help": "; ".join(f"{name}: {text}" for name, text
+                                                                                in ARCHITECTURES.items())}
+                               if flag == "architecture" else {}))
     for name in ("steps", "batch_size", "warmup", "eval_every", "eval_size", "log_every", "checkpoint_every", "seed"):
         parser.add_argument("--" + name.replace("_", "-"), type=int, default=None)
     for name in ("lr", "adamw_lr", "weight_decay", "clip", "min_lr_ratio"):

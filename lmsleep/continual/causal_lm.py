@@ -31,7 +31,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..layers.levels import MemoryLevels
-from ..model import check_token_ids, loss_positions
+from ..model import check_token_ids
+from ..recurrence import loss_positions
 from ..stream import SleepStream
 from .hf_levels import attached, decoder_layers, levels_of
 

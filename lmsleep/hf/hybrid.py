@@ -107,6 +107,24 @@ class SleepHybrid(SleepRecurrence, nn.Module):
                 h, new[i] = run_layer(self.layers[i], self.kinds[i], h, memory[i], self.config.window, self._rotary)
         return h, new
 
+    # ----- accounting, for training (SleepRecurrence's loss, optimizer_groups and estimate_flops use it) -----
+
+    def block_modules(self) -> nn.Module:
+        return self.layers
+
+    def block_flops_per_token(self, i: int, context: int) -> float:
+        """2 per matrix weight of layer i's linear layers, plus attention's scores and weighted sum over
+        `context` keys (4·context·heads·head_dim; the Gated-DeltaNet rule's O(K·V) per token not counted)."""
+        matrices = sum(m.weight.numel() for m in self.layers[i].modules() if isinstance(m, nn.Linear))
+        if self.kinds[i] != ATTENTION:
+            return 2 * matrices
+        config = self.causal_lm.config
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        return 2 * matrices + 4 * context * config.num_attention_heads * head_dim
+
+    def head_flops_per_token(self) -> float:
+        return 2 * self.causal_lm.get_output_embeddings().weight.numel()
+
     def run_blocks(self, indices: range, h, memory: list, use_checkpoint: bool = False):
         """Layers `indices` on h [batch, new, hidden] continuing `memory`; returns (h, memory)."""
         if self.training and any(getattr(layer, "gradient_checkpointing", False) for layer in self.layers):

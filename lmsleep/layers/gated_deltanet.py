@@ -35,6 +35,16 @@ class FastWeightMemory:
         return cls(**tensors)
 
 
+def decay_init(heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Initial (A_log, dt_bias) of the decay g_t = −exp(A_log)·softplus(a(x) + dt_bias), as in Mamba / Gated
+    DeltaNet: A ~ U(1, 16) and softplus(dt_bias) log-uniform in [1e-3, 1e-1], so that at the start of training
+    the state S decays slowly enough to carry a window's memory (lmsleep.hf.hybrid_lm initialises transformers'
+    Gated-DeltaNet layers with it too)."""
+    A_log = torch.log(torch.empty(heads).uniform_(1, 16))
+    dt = torch.exp(torch.empty(heads).uniform_(torch.log(torch.tensor(1e-3)), torch.log(torch.tensor(1e-1))))
+    return A_log, dt + torch.log(-torch.expm1(-dt))
+
+
 class GatedDeltaNet(nn.Module):
     """Projections → short causal conv + SiLU → L2-normalised q, k → gated delta rule → gated RMSNorm → out.
 
@@ -55,10 +65,8 @@ class GatedDeltaNet(nn.Module):
         self.decay_input = nn.Linear(d_model, self.heads, bias=False)  # a(x)
         self.write_input = nn.Linear(d_model, self.heads, bias=False)  # b(x)
         self.gate = nn.Linear(d_model, value_width, bias=False)  # g(x), the output gate
-        self.A_log = nn.Parameter(torch.log(torch.empty(self.heads).uniform_(1, 16)))
-        # dt_bias initialised so that softplus(dt_bias) spans [1e-3, 1e-1] (as in Mamba / Gated DeltaNet).
-        dt = torch.exp(torch.empty(self.heads).uniform_(torch.log(torch.tensor(1e-3)), torch.log(torch.tensor(1e-1))))
-        self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))
+        A_log, dt_bias = decay_init(self.heads)
+        self.A_log, self.dt_bias = nn.Parameter(A_log), nn.Parameter(dt_bias)
         self.norm = GatedRMSNorm(self.value_dim, eps=norm_eps)
         self.out = nn.Linear(value_width, d_model, bias=False)
         # Per-head scalars computed from x are gates, not hidden matrices: Muon's orthogonalisation does
