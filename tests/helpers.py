@@ -1,4 +1,5 @@
 """Small builders shared by the tests."""
+import pytest
 import torch
 
 from lmsleep import SleepConfig, SleepLM
@@ -26,3 +27,22 @@ def tiny_model(dtype=torch.float64, seed=0, **changes) -> SleepLM:
 def random_tokens(model: SleepLM, batch: int, time: int, seed: int = 1) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     return torch.randint(0, model.config.vocab_size, (batch, time), generator=generator)
+
+
+def crash_and_resume(cfg, path, monkeypatch, crash_at: int):
+    """Train `cfg` in `path` until a KeyboardInterrupt at step `crash_at`, then a Trainer resumed from the last
+    checkpoint there (not yet run on)."""
+    from lmsleep.train import Trainer
+
+    original_step = Trainer.train_step
+
+    def crash(self):
+        if self.step == crash_at:
+            raise KeyboardInterrupt
+        return original_step(self)
+
+    monkeypatch.setattr(Trainer, "train_step", crash)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(cfg, path, progress=False).run()
+    monkeypatch.setattr(Trainer, "train_step", original_step)
+    return Trainer(cfg, path, resume=True, progress=False)

@@ -10,6 +10,7 @@ import torch
 
 pytest.importorskip("transformers")
 
+from helpers import crash_and_resume  # noqa: E402
 from lmsleep.cli import main  # noqa: E402
 from lmsleep.config import SleepConfig  # noqa: E402
 from lmsleep.io import load_model  # noqa: E402
@@ -80,18 +81,7 @@ def test_lmsleep_train_trains_checkpoints_and_evaluates_a_qwen3_5_at_each_n(tmp_
 def test_an_interrupted_qwen3_5_run_resumes_exactly_like_an_uninterrupted_one(tmp_path, monkeypatch):
     cfg = qwen_train_config()
     Trainer(cfg, tmp_path / "straight", progress=False).run()
-    original_step = Trainer.train_step
-
-    def crash_at_step_3(self):
-        if self.step == 3:  # after the step-2 checkpoint and one more step
-            raise KeyboardInterrupt
-        return original_step(self)
-
-    monkeypatch.setattr(Trainer, "train_step", crash_at_step_3)
-    with pytest.raises(KeyboardInterrupt):
-        Trainer(cfg, tmp_path / "resumed", progress=False).run()
-    monkeypatch.setattr(Trainer, "train_step", original_step)
-    resumed = Trainer(cfg, tmp_path / "resumed", resume=True, progress=False)
+    resumed = crash_and_resume(cfg, tmp_path / "resumed", monkeypatch, crash_at=3)  # after the step-2 checkpoint
     assert resumed.step == 2
     resumed.run()
     assert metrics(tmp_path / "resumed") == metrics(tmp_path / "straight")

@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 
+from helpers import crash_and_resume
 from lmsleep.cli import main
 from lmsleep.rundir import RunDirectory
 from lmsleep.train import TrainConfig, Trainer, lr_factor
@@ -32,18 +33,7 @@ def test_interrupted_and_resumed_run_ends_exactly_like_an_uninterrupted_one(tmp_
     cfg = tiny_train_config()
     Trainer(cfg, tmp_path / "straight", progress=False).run()
 
-    original_step = Trainer.train_step
-
-    def crash_at_step_5(self):
-        if self.step == 5:  # after the step-3 checkpoint and two more logged steps
-            raise KeyboardInterrupt
-        return original_step(self)
-
-    monkeypatch.setattr(Trainer, "train_step", crash_at_step_5)
-    with pytest.raises(KeyboardInterrupt):
-        Trainer(cfg, tmp_path / "resumed", progress=False).run()
-    monkeypatch.setattr(Trainer, "train_step", original_step)
-    resumed = Trainer(cfg, tmp_path / "resumed", resume=True, progress=False)
+    resumed = crash_and_resume(cfg, tmp_path / "resumed", monkeypatch, crash_at=5)  # the step-3 checkpoint + 2 steps
     assert resumed.step == 3
     resumed.run()
 
