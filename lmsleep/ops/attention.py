@@ -71,19 +71,22 @@ def window_attention(
     offset: int,
     theta: float,
     keys_rotated: bool = False,
+    query_rotated: bool = False,
 ) -> torch.Tensor:
     """Causal softmax attention of the last q.shape[2] tokens of a window.
 
     q: [batch, heads, new, dim] (unrotated) for window positions keys.shape[2]-new .. keys.shape[2]-1.
     keys, values: [batch, heads, seen, dim], every key of this window so far (unrotated, or already rotated at
     their positions when keys_rotated: a stream's cache rotates each key once), new ones last.
+    query_rotated: q is already rotated at its positions (a stream rotates a new key and its query together).
     retained_*: [batch, heads, R ≤ offset, dim] kept from the previous window (unrotated) or None. Window
     query i sees a retained key iff its position is ≥ i (a sliding window of offset + 1 tokens) and window
     keys j ≤ i.
     """
     new, seen = q.shape[2], keys.shape[2]
     device = q.device
-    q = rotary(q, seen - new + offset, theta)
+    if not query_rotated:
+        q = rotary(q, seen - new + offset, theta)
     if not keys_rotated:
         keys = rotary(keys, offset, theta)
     if new == 1 and (retained_keys is None or retained_keys.shape[2] == 0):
