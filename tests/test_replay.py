@@ -140,3 +140,42 @@ def test_a_stream_whose_rows_are_taken_continues_as_one_fed_those_rows(kind):
     assert taken.batch_size == 5 and torch.equal(taken.total_passes, plain.total_passes)
     with pytest.raises(ValueError, match="index"):
         taken.take_rows(torch.tensor([5]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("budget", [None, 1], ids=["all-ahead", "one-token-at-a-time"])
+def test_draws_ahead_pick_what_multinomial_picks_per_group(dtype, budget, monkeypatch):
+    from lmsleep.continual import draws
+    from lmsleep.decoding import Sampling, pick, seeded
+
+    if budget is not None:
+        monkeypatch.setattr(draws, "BUDGET", budget)
+    groups, rows, vocab, length = 3, 4, 11, 6
+    logits = torch.randn(length, groups * rows, vocab, dtype=dtype, generator=torch.Generator().manual_seed(0)) * 3
+    for temperature in (1.0, 0.7, 0.0):
+        sampling = Sampling(temperature)
+        drawn = draws.Draws(sampling, [seeded(seed) for seed in (5, 6, 7)], length)
+        assert drawn.ahead == (temperature > 0)
+        plain = [seeded(seed) for seed in (5, 6, 7)]
+        for t in range(length):
+            expected = torch.cat([pick(logits[t, i * rows : (i + 1) * rows], sampling, g).tokens
+                                  for i, g in enumerate(plain)])
+            assert torch.equal(drawn(logits[t]), expected)
+        with pytest.raises(RuntimeError):
+            drawn(logits[0])  # made for `length` tokens
+    nan = torch.full((groups * rows, vocab), float("nan"), dtype=dtype)
+    with pytest.raises(RuntimeError):
+        draws.Draws(Sampling(1.0), [seeded(1)] * groups, 1)(nan)
+
+
+def test_draws_with_top_k_or_top_p_call_multinomial_as_pick_does():
+    from lmsleep.continual.draws import Draws
+    from lmsleep.decoding import Sampling, pick, seeded
+
+    logits = torch.randn(5, 8, 13, generator=torch.Generator().manual_seed(1)) * 3
+    for sampling in (Sampling(1.0, top_k=3), Sampling(1.0, top_p=0.8)):
+        drawn, plain = Draws(sampling, [seeded(2), seeded(3)], 5), [seeded(2), seeded(3)]
+        assert not drawn.ahead
+        for t in range(5):
+            expected = torch.cat([pick(logits[t, i * 4 : (i + 1) * 4], sampling, g).tokens for i, g in enumerate(plain)])
+            assert torch.equal(drawn(logits[t]), expected)
