@@ -78,11 +78,13 @@ def continue_from(model, memory: list, logits: torch.Tensor, length: int, temper
     assert model.config.eviction == "none", "a model with windows sleeps between them: use a SleepStream"
     draw = Draws(Sampling(temperature), [seeded(seed, logits.device)], length)
     picked = []
-    for t in range(length):
-        picked.append(draw(logits))
-        if t + 1 < length:
-            logits, _, memory = model.wake(picked[-1][:, None], memory)
-            logits = logits[:, -1]
+    with torch.inference_mode():  # nothing here is trained: no autograd bookkeeping per op (the same values)
+        for t in range(length):
+            picked.append(draw(logits))
+            if t + 1 < length:
+                logits, _, memory = model.wake(picked[-1][:, None], memory)
+                logits = logits[:, -1]
+    # stacked outside inference mode: ordinary tokens, which a training forward may read
     return torch.stack(picked, dim=1) if picked else logits.new_zeros(logits.shape[0], 0, dtype=torch.long)
 
 
