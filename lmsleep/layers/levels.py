@@ -73,6 +73,7 @@ class MemoryLevel(nn.Module):
         self.B = nn.Parameter(torch.zeros(pool, d_model, rank, **like))
         self.pool_router = nn.Parameter(torch.zeros(pool, d_model, **like))  # gate weights r_j of the low-rank experts
         self.register_buffer("active", torch.zeros(pool, dtype=torch.bool, device=device))
+        self._slots_cache: tuple | None = None  # (mask, its version, its active slots): see _slots
         # Routers and low-rank factors are not hidden matrices for Muon (SleepLM.optimizer_groups reads this).
         for p in (self.A, self.B, self.pool_router, *([self.router.weight] if self.router is not None else [])):
             p.optimizer_group = "adamw"
@@ -91,9 +92,19 @@ class MemoryLevel(nn.Module):
         return (~self.active).nonzero().flatten().tolist()
 
     def active_slots(self) -> list[int]:
-        # One op and one copy to Python: every forward asks (reading the mask slot by slot was a tenth of a
-        # decode step with a pool of 24).
-        return self.active.nonzero().flatten().tolist()
+        return list(self._slots())
+
+    def _slots(self) -> tuple[int, ...]:
+        """The active slots, read off the mask once per change of it: every forward asks (a decode step's
+        forward is many small ops, and reading the mask is one op and one copy to Python per level). The mask
+        changes in place (unlock, reset, load_state_dict: its version counter moves) or is replaced (.to())."""
+        if torch.compiler.is_compiling():
+            return tuple(self.active.nonzero().flatten().tolist())
+        cached = self._slots_cache
+        if cached is None or cached[0] is not self.active or cached[1] != self.active._version:
+            cached = (self.active, self.active._version, tuple(self.active.nonzero().flatten().tolist()))
+            self._slots_cache = cached
+        return cached[2]
 
     @torch.no_grad()
     def unlock(self, generator: torch.Generator | None = None) -> int:
@@ -201,7 +212,7 @@ class MemoryLevel(nn.Module):
         return extra_base, forced
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        slots = self.active_slots()
+        slots = self._slots()
         if not self.base:  # the pool alone
             self.last_routed = torch.ones(*x.shape[:-1], 0, dtype=torch.bool)
             y = x.new_zeros(x.shape)
@@ -232,7 +243,7 @@ class MemoryLevel(nn.Module):
         gates = self._gates(x, index)
         if forced is not None:
             gates = torch.where(forced, torch.ones_like(gates), gates)
-        self.last_gates = (slots, gates.detach())
+        self.last_gates = (list(slots), gates.detach())
         return y + (gates[..., None] * deltas).sum(-2)
 
 
@@ -259,8 +270,10 @@ class MemoryLevels(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, out = x, None
-        for level in self.levels:
+        last = len(self.levels) - 1
+        for i, level in enumerate(self.levels):
             y = level(h)
             out = y if out is None else out + y
-            h = h + y
+            if i < last:  # the last level's h is not read
+                h = h + y
         return out
