@@ -179,3 +179,37 @@ def test_draws_with_top_k_or_top_p_call_multinomial_as_pick_does():
         for t in range(5):
             expected = torch.cat([pick(logits[t, i * 4 : (i + 1) * 4], sampling, g).tokens for i, g in enumerate(plain)])
             assert torch.equal(drawn(logits[t]), expected)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "permuted"])
+def test_rotary_in_four_ops_is_the_textbook_rotation_bit_for_bit(layout):
+    from lmsleep.ops.attention import rotary
+
+    generator = torch.Generator().manual_seed(0)
+    raw = torch.randn(3, 5, 2, 4, 8, generator=generator)  # [batch, time, 2, heads, dim], as qkv lays it out
+    base = raw.permute(2, 0, 3, 1, 4) if layout == "permuted" else raw.permute(2, 0, 3, 1, 4).contiguous()
+    grad = torch.randn(2, 3, 4, 5, 8, generator=generator)
+
+    def textbook(x, start):
+        angles = torch.arange(start, start + x.shape[-2], dtype=torch.float64)[:, None] * \
+            10000.0 ** (-torch.arange(4, dtype=torch.float64) / 4)[None, :]
+        cos, sin = angles.cos().float(), angles.sin().float()
+        x1, x2 = x[..., :4], x[..., 4:]
+        return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+    results = []
+    for rotate in (lambda x: rotary(x, 3, 10000.0), lambda x: textbook(x, 3)):
+        x = base.detach().clone() if layout == "contiguous" else raw.detach().clone().requires_grad_(True)
+        leaf = x
+        if layout == "permuted":
+            x = x.permute(2, 0, 3, 1, 4)
+        else:
+            x.requires_grad_(True)
+        out = rotate(x)
+        (out * grad).sum().backward()
+        results.append((out.detach(), out.is_contiguous(), leaf.grad))
+    (ours, ours_contiguous, our_grad), (plain, plain_contiguous, plain_grad) = results
+    assert torch.equal(ours, plain) and ours_contiguous == plain_contiguous
+    assert torch.equal(our_grad, plain_grad)
+    positions = torch.tensor([3, 4, 5, 6, 7])
+    assert torch.equal(rotary(base, positions, 10000.0), ours)  # the gathered positions read the same table

@@ -67,10 +67,12 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     """x rotated: its halves x1, x2 become [x1·cos − x2·sin, x1·sin + x2·cos], computed as
     x·[cos, cos] + [x2, x1]·[−sin, sin] (cos, sin: the factors of _factors): the same numbers bit for bit
     (x2·(−sin) is −(x2·sin) exactly, a + (−b) is a − b, and a sum does not depend on its order), in four ops
-    instead of seven."""
+    instead of seven (five for a non-contiguous x: the result is contiguous, as the concatenation made it,
+    since attention's backward rounds differently on other layouts)."""
     half = cos.shape[-1] // 2
     if 2 * half != x.shape[-1]:  # an odd trailing feature is not rotated
         return torch.cat([_rotate(x[..., : 2 * half], cos, sin), x[..., 2 * half :]], dim=-1)
+    x = x.contiguous()
     swapped = x.unflatten(-1, (2, half)).flip(-2).flatten(-2)  # [x2, x1]
     return x * cos + swapped * sin
 
