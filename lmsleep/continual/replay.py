@@ -46,21 +46,22 @@ def sample_groups(model, prompts: torch.Tensor, length: int, temperature: float,
     draw = Draws(Sampling(temperature), [seeded(seed, device) for seed in seeds], length)
     read = prompts if context is None else torch.cat([context, prompts], dim=1)
     distinct, source = torch.unique(read, dim=0, return_inverse=True)
-    stream = open_stream(model, distinct.shape[0])
-    if context is not None:
-        stream.feed(distinct[:, : context.shape[1]])
-    logits = stream.feed(distinct[:, read.shape[1] - prompts.shape[1]:])[:, -1]
-    rows = source.repeat(groups)  # row i·n + j of group i is prompt row j
-    stream.take_rows(rows)
-    logits = logits[rows]
     picked, kept = [], []
-    for t in range(length):
-        if keep_logits:
-            kept.append(logits)
-        tokens = draw(logits)
-        picked.append(tokens)
-        if t + 1 < length:  # the last token is never read: no forward for it
-            logits = stream.feed(tokens[:, None])[:, -1]
+    with torch.inference_mode():  # nothing here is trained (the samples and logits are stacked outside it)
+        stream = open_stream(model, distinct.shape[0])
+        if context is not None:
+            stream.feed(distinct[:, : context.shape[1]])
+        logits = stream.feed(distinct[:, read.shape[1] - prompts.shape[1]:])[:, -1]
+        rows = source.repeat(groups)  # row i·n + j of group i is prompt row j
+        stream.take_rows(rows)
+        logits = logits[rows]
+        for t in range(length):
+            if keep_logits:
+                kept.append(logits)
+            tokens = draw(logits)
+            picked.append(tokens)
+            if t + 1 < length:  # the last token is never read: no forward for it
+                logits = stream.feed(tokens[:, None])[:, -1]
     sampled = torch.stack(picked, dim=1) if picked else prompts.new_zeros(n * groups, 0)
     tokens = torch.cat([prompts.repeat(groups, 1), sampled], dim=1).view(groups, n, -1)
     if not keep_logits:
