@@ -213,3 +213,23 @@ def test_rotary_in_four_ops_is_the_textbook_rotation_bit_for_bit(layout):
     assert torch.equal(our_grad, plain_grad)
     positions = torch.tensor([3, 4, 5, 6, 7])
     assert torch.equal(rotary(base, positions, 10000.0), ours)  # the gathered positions read the same table
+
+
+def test_a_cache_with_room_decodes_as_one_that_grows():
+    """AttentionMemory.with_room (replay.continue_from allocates its caches once): the same outputs bit for
+    bit, in buffers that are never replaced."""
+    torch.manual_seed(0)
+    layer = Attention(16, 2, 8)
+    x = torch.randn(3, 12, 16)
+    with torch.no_grad():
+        _, start = layer(x[:, :5], AttentionMemory())
+        roomy = start.with_room(7)
+        buffer = roomy.key_buffer
+        grown = start
+        for t in range(5, 12):
+            fast, roomy = layer(x[:, t : t + 1], roomy)
+            plain, grown = layer(x[:, t : t + 1], grown)
+            assert torch.equal(fast, plain), t
+            assert roomy.key_buffer is buffer and buffer.shape[2] == 12
+    with torch.enable_grad():
+        assert start.with_room(3) is start  # training keeps no buffers

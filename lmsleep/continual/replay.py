@@ -80,6 +80,8 @@ def continue_from(model, memory: list, logits: torch.Tensor, length: int, temper
     draw = Draws(Sampling(temperature), [seeded(seed, logits.device)], length)
     picked = []
     with torch.inference_mode():  # nothing here is trained: no autograd bookkeeping per op (the same values)
+        # caches that hold the length-1 keys to come: allocated once, no larger than needed
+        memory = [m.with_room(length - 1) if hasattr(m, "with_room") else m for m in memory]
         for t in range(length):
             picked.append(draw(logits))
             if t + 1 < length:

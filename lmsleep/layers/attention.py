@@ -53,6 +53,19 @@ class AttentionMemory:
             self.retained_keys, self.retained_values, key_buffer, value_buffer, self.rotated_keys, self.rotated_buffer,
         )
 
+    def with_room(self, tokens: int) -> "AttentionMemory":
+        """This memory (the same values) with buffers that hold `tokens` more keys of this window without
+        growing: a decode of a known length (replay.continue_from) allocates once, and no more than it needs."""
+        if self.keys is None or torch.is_grad_enabled():
+            return self
+        seen = self.keys.shape[2]
+        key_buffer = self.keys.new_empty(*self.keys.shape[:2], seen + tokens, self.keys.shape[3])
+        value_buffer = self.values.new_empty(*self.values.shape[:2], seen + tokens, self.values.shape[3])
+        key_buffer.narrow(2, 0, seen).copy_(self.keys)
+        value_buffer.narrow(2, 0, seen).copy_(self.values)
+        return AttentionMemory(key_buffer.narrow(2, 0, seen), value_buffer.narrow(2, 0, seen), self.retained_keys,
+                               self.retained_values, key_buffer, value_buffer)
+
     def with_rotated_keys(self, offset: int, theta: float, new_rotated: torch.Tensor | None = None) -> "AttentionMemory":
         """This memory with `rotated_keys` covering every key of the window: the rows not yet rotated are
         rotated at their window positions (offset + i), exactly as window_attention rotates them.
