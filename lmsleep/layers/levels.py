@@ -44,6 +44,7 @@ GATINGS = ("sigmoid", "sum", "softmax")
 INIT_STD = 0.02  # A's initialisation when unlocked (spec Decision)
 CLOSED_OFFSET = 4.0  # a sigmoid gate starts at σ(−4) ≈ 0.018: closed
 OPEN = 0.5  # a gate above this is open
+_TRUE = torch.ones((), dtype=torch.bool)  # last_routed of a level with one base expert: this, expanded
 GATE_SCALE = 4.0  # the sigmoid gate's logit is GATE_SCALE · r_j · x − CLOSED_OFFSET (4: measured, results/continual.md)
 
 
@@ -211,26 +212,32 @@ class MemoryLevel(nn.Module):
             forced = torch.arange(len(slots), device=x.device) == (pick - others)[..., None]
         return extra_base, forced
 
+    def _remember(self, **values) -> None:
+        """Set plain attributes (last_routed, last_gates: never parameters, buffers or modules) without
+        nn.Module.__setattr__'s registration checks: a level sets two per call, which were ~5% of a decode step."""
+        self.__dict__.update(values)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         slots = self._slots()
         if not self.base:  # the pool alone
-            self.last_routed = torch.ones(*x.shape[:-1], 0, dtype=torch.bool)
+            self._remember(last_routed=_TRUE.expand(*x.shape[:-1], 0))
             y = x.new_zeros(x.shape)
             probs = None
         elif self.router is None:
-            self.last_routed = torch.ones(*x.shape[:-1], 1, dtype=torch.bool)
+            self._remember(last_routed=_TRUE.expand(*x.shape[:-1], 1))  # a view: read, never written
             y = self.base[0](x)
             probs = None
         else:
             probs = self.router(x).softmax(-1)  # [..., experts]
-            self.last_routed = torch.zeros_like(probs, dtype=torch.bool).scatter(-1, probs.argmax(-1, keepdim=True), True)
+            routed = torch.zeros_like(probs, dtype=torch.bool).scatter(-1, probs.argmax(-1, keepdim=True), True)
+            self._remember(last_routed=routed)
         extra_base, forced = self._random_extra(x, slots) if self.dreaming is not None else (None, None)
         if probs is not None:
             if extra_base is not None:
-                self.last_routed = self.last_routed | extra_base
+                self._remember(last_routed=self.last_routed | extra_base)
             y = self._mix(x, probs, self.last_routed)
         if not slots:
-            self.last_gates = None
+            self._remember(last_gates=None)
             return y
         if slots[-1] - slots[0] + 1 == len(slots):  # contiguous slots (the usual case): views, no copies
             index = slice(slots[0], slots[-1] + 1)
@@ -243,7 +250,7 @@ class MemoryLevel(nn.Module):
         gates = self._gates(x, index)
         if forced is not None:
             gates = torch.where(forced, torch.ones_like(gates), gates)
-        self.last_gates = (list(slots), gates.detach())
+        self._remember(last_gates=(list(slots), gates.detach()))
         return y + (gates[..., None] * deltas).sum(-2)
 
 
