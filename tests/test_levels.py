@@ -172,3 +172,36 @@ def test_a_chain_over_an_existing_mlp_computes_it_until_an_expert_learns():
     train_slot(fast, fast.unlock())
     y1 = fast(x)
     torch.testing.assert_close(chain(x), y1 + mlp(x + y1))  # h_1 = x + y_1 feeds the slower levels
+
+
+def test_the_active_slots_follow_every_change_of_the_mask():
+    """MemoryLevel reads its active slots once per change of the mask (its version counter): unlock, reset,
+    load_state_dict, a write into the mask, a copy and a conversion are all seen by the next forward."""
+    import copy
+
+    lvl = level(pool=3)
+    x = torch.randn(2, 4, 12, dtype=torch.float64)
+    lvl(x)
+    assert lvl.active_slots() == [] and lvl.last_gates is None
+    lvl.unlock()
+    train_slot(lvl, 0)
+    lvl(x)
+    assert lvl.active_slots() == [0] and lvl.last_gates[0] == [0]
+    twin = copy.deepcopy(lvl)  # a teacher is such a copy, made before or after a slot changes
+    lvl.unlock()
+    assert lvl.active_slots() == [0, 1] and twin.active_slots() == [0]
+    fresh = copy.deepcopy(lvl)
+    assert fresh.active_slots() == [0, 1]
+    lvl.reset(0)
+    lvl(x)
+    assert lvl.last_gates[0] == [1]
+    with torch.no_grad():
+        lvl.active[2] = True
+    assert lvl.active_slots() == [1, 2]
+    lvl.load_state_dict(twin.state_dict())
+    assert lvl.active_slots() == [0]
+    assert torch.equal(lvl(x), twin(x))
+    assert lvl.float().active_slots() == [0]  # a conversion replaces no buffer values
+    held = lvl.active_slots()
+    held.append(5)  # a caller's list is its own
+    assert lvl.active_slots() == [0]

@@ -233,3 +233,17 @@ def test_a_cache_with_room_decodes_as_one_that_grows():
             assert roomy.key_buffer is buffer and buffer.shape[2] == 12
     with torch.enable_grad():
         assert start.with_room(3) is start  # training keeps no buffers
+
+
+def test_training_reads_a_rotary_table_first_built_under_inference_mode(monkeypatch):
+    """The decodes of replay run under torch.inference_mode; the rotary table they may build first is an
+    ordinary tensor, which a training forward (and its backward) can use afterwards."""
+    from lmsleep.ops import attention as ops
+
+    monkeypatch.setattr(ops, "_ROTARY_TABLES", {})
+    model = model_with_expert("attention, no eviction")
+    tokens = random_tokens(model, 2, 6, seed=3)
+    with torch.inference_mode():
+        model(tokens)
+    assert all(not t.is_inference() for table in ops._ROTARY_TABLES.values() for t in table)
+    model(tokens).square().mean().backward()
