@@ -205,3 +205,25 @@ def test_the_active_slots_follow_every_change_of_the_mask():
     held = lvl.active_slots()
     held.append(5)  # a caller's list is its own
     assert lvl.active_slots() == [0]
+
+
+@pytest.mark.parametrize("slots", [[0], [0, 1], [0, 2], [1, 2, 3]])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_level_without_grad_computes_what_it_computes_with_grad_bit_for_bit(slots, dtype):
+    """Without grad (a decode) the low-rank experts run as matmuls instead of einsums: the same numbers."""
+    torch.manual_seed(1)
+    lvl = MemoryLevel(64, 96, rank=8, pool=4).to(dtype)
+    for slot in range(max(slots) + 1):
+        lvl.unlock()
+        train_slot(lvl, slot)
+    for slot in set(range(max(slots) + 1)) - set(slots):
+        lvl.reset(slot)
+    for shape in [(32, 1), (40, 16), (8, 9), (1, 21), (648, 1)]:
+        x = torch.randn(*shape, 64, dtype=dtype)
+        with torch.enable_grad():
+            trained = lvl(x)
+        with torch.no_grad():
+            decoded = lvl(x)
+        with torch.inference_mode():
+            inferred = lvl(x)
+        assert torch.equal(trained.detach(), decoded) and torch.equal(decoded, inferred), shape

@@ -245,8 +245,15 @@ class MemoryLevel(nn.Module):
         else:
             index = torch.tensor(slots, device=x.device)
             A, B = self.A.index_select(0, index), self.B.index_select(0, index)
-        low_rank = torch.einsum("...d,ard->...ar", x, A)
-        deltas = torch.einsum("...ar,adr->...ad", low_rank, B)  # [..., a, d]
+        if torch.is_grad_enabled():
+            low_rank = torch.einsum("...d,ard->...ar", x, A)
+            deltas = torch.einsum("...ar,adr->...ad", low_rank, B)  # [..., a, d]
+        else:  # the same numbers as the einsums (tests/test_levels.py) in fewer ops: a decode step is many small ones
+            low_rank = torch.matmul(x, A.flatten(0, 1).t()).unflatten(-1, A.shape[:2])
+            if A.shape[0] == 1:
+                deltas = torch.matmul(low_rank[..., 0, :], B[0].t()).unsqueeze(-2)
+            else:
+                deltas = torch.einsum("...ar,adr->...ad", low_rank, B)
         gates = self._gates(x, index)
         if forced is not None:
             gates = torch.where(forced, torch.ones_like(gates), gates)
