@@ -247,3 +247,16 @@ def test_training_reads_a_rotary_table_first_built_under_inference_mode(monkeypa
         model(tokens)
     assert all(not t.is_inference() for table in ops._ROTARY_TABLES.values() for t in table)
     model(tokens).square().mean().backward()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_exponentials_are_exponential_s_numbers_and_leave_the_generator_as_it_does(dtype):
+    from lmsleep.continual import draws
+
+    for shape in [(1,), (7, 3), (16, 32, 105), (1 << 20,)]:
+        plain, fast = torch.Generator().manual_seed(11), torch.Generator().manual_seed(11)
+        expected = torch.empty(shape, dtype=dtype).exponential_(generator=plain)
+        assert torch.equal(draws.exponentials(shape, dtype, fast), expected), shape
+        assert torch.equal(plain.get_state(), fast.get_state())
+    if dtype == torch.float32:
+        assert draws._vectorised_ok  # the vectorised draws are the ones used (and checked) here
