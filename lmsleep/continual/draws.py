@@ -24,6 +24,8 @@ draws go through `exponential_`.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..decoding import Sampling, sampling_logprobs
@@ -55,7 +57,7 @@ class Draws:
         if not self.ahead:
             return torch.cat([torch.multinomial(probs[i * n : (i + 1) * n], 1, generator=g)[:, 0]
                               for i, g in enumerate(self.generators)])
-        if not bool(torch.isfinite(probs).all()):  # what multinomial refuses
+        if not math.isfinite(float(probs.sum())):  # what multinomial refuses (an inf or nan anywhere)
             raise RuntimeError("probability tensor contains either `inf`, `nan` or element < 0")
         if self._drawn is None or self._next == self._drawn.shape[0]:
             tokens = min(self.length - self._used + 1, max(1, BUDGET // probs.numel()))
