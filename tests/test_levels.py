@@ -172,3 +172,58 @@ def test_a_chain_over_an_existing_mlp_computes_it_until_an_expert_learns():
     train_slot(fast, fast.unlock())
     y1 = fast(x)
     torch.testing.assert_close(chain(x), y1 + mlp(x + y1))  # h_1 = x + y_1 feeds the slower levels
+
+
+def test_the_active_slots_follow_every_change_of_the_mask():
+    """MemoryLevel reads its active slots once per change of the mask (its version counter): unlock, reset,
+    load_state_dict, a write into the mask, a copy and a conversion are all seen by the next forward."""
+    import copy
+
+    lvl = level(pool=3)
+    x = torch.randn(2, 4, 12, dtype=torch.float64)
+    lvl(x)
+    assert lvl.active_slots() == [] and lvl.last_gates is None
+    lvl.unlock()
+    train_slot(lvl, 0)
+    lvl(x)
+    assert lvl.active_slots() == [0] and lvl.last_gates[0] == [0]
+    twin = copy.deepcopy(lvl)  # a teacher is such a copy, made before or after a slot changes
+    lvl.unlock()
+    assert lvl.active_slots() == [0, 1] and twin.active_slots() == [0]
+    fresh = copy.deepcopy(lvl)
+    assert fresh.active_slots() == [0, 1]
+    lvl.reset(0)
+    lvl(x)
+    assert lvl.last_gates[0] == [1]
+    with torch.no_grad():
+        lvl.active[2] = True
+    assert lvl.active_slots() == [1, 2]
+    lvl.load_state_dict(twin.state_dict())
+    assert lvl.active_slots() == [0]
+    assert torch.equal(lvl(x), twin(x))
+    assert lvl.float().active_slots() == [0]  # a conversion replaces no buffer values
+    held = lvl.active_slots()
+    held.append(5)  # a caller's list is its own
+    assert lvl.active_slots() == [0]
+
+
+@pytest.mark.parametrize("slots", [[0], [0, 1], [0, 2], [1, 2, 3]])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_level_without_grad_computes_what_it_computes_with_grad_bit_for_bit(slots, dtype):
+    """Without grad (a decode) the low-rank experts run as matmuls instead of einsums: the same numbers."""
+    torch.manual_seed(1)
+    lvl = MemoryLevel(64, 96, rank=8, pool=4).to(dtype)
+    for slot in range(max(slots) + 1):
+        lvl.unlock()
+        train_slot(lvl, slot)
+    for slot in set(range(max(slots) + 1)) - set(slots):
+        lvl.reset(slot)
+    for shape in [(32, 1), (40, 16), (8, 9), (1, 21), (648, 1)]:
+        x = torch.randn(*shape, 64, dtype=dtype)
+        with torch.enable_grad():
+            trained = lvl(x)
+        with torch.no_grad():
+            decoded = lvl(x)
+        with torch.inference_mode():
+            inferred = lvl(x)
+        assert torch.equal(trained.detach(), decoded) and torch.equal(decoded, inferred), shape

@@ -140,3 +140,123 @@ def test_a_stream_whose_rows_are_taken_continues_as_one_fed_those_rows(kind):
     assert taken.batch_size == 5 and torch.equal(taken.total_passes, plain.total_passes)
     with pytest.raises(ValueError, match="index"):
         taken.take_rows(torch.tensor([5]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("budget", [None, 1], ids=["all-ahead", "one-token-at-a-time"])
+def test_draws_ahead_pick_what_multinomial_picks_per_group(dtype, budget, monkeypatch):
+    from lmsleep.continual import draws
+    from lmsleep.decoding import Sampling, pick, seeded
+
+    if budget is not None:
+        monkeypatch.setattr(draws, "BUDGET", budget)
+    groups, rows, vocab, length = 3, 4, 11, 6
+    logits = torch.randn(length, groups * rows, vocab, dtype=dtype, generator=torch.Generator().manual_seed(0)) * 3
+    for temperature in (1.0, 0.7, 0.0):
+        sampling = Sampling(temperature)
+        drawn = draws.Draws(sampling, [seeded(seed) for seed in (5, 6, 7)], length)
+        assert drawn.ahead == (temperature > 0)
+        plain = [seeded(seed) for seed in (5, 6, 7)]
+        for t in range(length):
+            expected = torch.cat([pick(logits[t, i * rows : (i + 1) * rows], sampling, g).tokens
+                                  for i, g in enumerate(plain)])
+            assert torch.equal(drawn(logits[t]), expected)
+        with pytest.raises(RuntimeError):
+            drawn(logits[0])  # made for `length` tokens
+    nan = torch.full((groups * rows, vocab), float("nan"), dtype=dtype)
+    with pytest.raises(RuntimeError):
+        draws.Draws(Sampling(1.0), [seeded(1)] * groups, 1)(nan)
+
+
+def test_draws_with_top_k_or_top_p_call_multinomial_as_pick_does():
+    from lmsleep.continual.draws import Draws
+    from lmsleep.decoding import Sampling, pick, seeded
+
+    logits = torch.randn(5, 8, 13, generator=torch.Generator().manual_seed(1)) * 3
+    for sampling in (Sampling(1.0, top_k=3), Sampling(1.0, top_p=0.8)):
+        drawn, plain = Draws(sampling, [seeded(2), seeded(3)], 5), [seeded(2), seeded(3)]
+        assert not drawn.ahead
+        for t in range(5):
+            expected = torch.cat([pick(logits[t, i * 4 : (i + 1) * 4], sampling, g).tokens for i, g in enumerate(plain)])
+            assert torch.equal(drawn(logits[t]), expected)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "permuted"])
+def test_rotary_in_four_ops_is_the_textbook_rotation_bit_for_bit(layout):
+    from lmsleep.ops.attention import rotary
+
+    generator = torch.Generator().manual_seed(0)
+    raw = torch.randn(3, 5, 2, 4, 8, generator=generator)  # [batch, time, 2, heads, dim], as qkv lays it out
+    base = raw.permute(2, 0, 3, 1, 4) if layout == "permuted" else raw.permute(2, 0, 3, 1, 4).contiguous()
+    grad = torch.randn(2, 3, 4, 5, 8, generator=generator)
+
+    def textbook(x, start):
+        angles = torch.arange(start, start + x.shape[-2], dtype=torch.float64)[:, None] * \
+            10000.0 ** (-torch.arange(4, dtype=torch.float64) / 4)[None, :]
+        cos, sin = angles.cos().float(), angles.sin().float()
+        x1, x2 = x[..., :4], x[..., 4:]
+        return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+    results = []
+    for rotate in (lambda x: rotary(x, 3, 10000.0), lambda x: textbook(x, 3)):
+        x = base.detach().clone() if layout == "contiguous" else raw.detach().clone().requires_grad_(True)
+        leaf = x
+        if layout == "permuted":
+            x = x.permute(2, 0, 3, 1, 4)
+        else:
+            x.requires_grad_(True)
+        out = rotate(x)
+        (out * grad).sum().backward()
+        results.append((out.detach(), out.is_contiguous(), leaf.grad))
+    (ours, ours_contiguous, our_grad), (plain, plain_contiguous, plain_grad) = results
+    assert torch.equal(ours, plain) and ours_contiguous == plain_contiguous
+    assert torch.equal(our_grad, plain_grad)
+    positions = torch.tensor([3, 4, 5, 6, 7])
+    assert torch.equal(rotary(base, positions, 10000.0), ours)  # the gathered positions read the same table
+
+
+def test_a_cache_with_room_decodes_as_one_that_grows():
+    """AttentionMemory.with_room (replay.continue_from allocates its caches once): the same outputs bit for
+    bit, in buffers that are never replaced."""
+    torch.manual_seed(0)
+    layer = Attention(16, 2, 8)
+    x = torch.randn(3, 12, 16)
+    with torch.no_grad():
+        _, start = layer(x[:, :5], AttentionMemory())
+        roomy = start.with_room(7)
+        buffer = roomy.key_buffer
+        grown = start
+        for t in range(5, 12):
+            fast, roomy = layer(x[:, t : t + 1], roomy)
+            plain, grown = layer(x[:, t : t + 1], grown)
+            assert torch.equal(fast, plain), t
+            assert roomy.key_buffer is buffer and buffer.shape[2] == 12
+    with torch.enable_grad():
+        assert start.with_room(3) is start  # training keeps no buffers
+
+
+def test_training_reads_a_rotary_table_first_built_under_inference_mode(monkeypatch):
+    """The decodes of replay run under torch.inference_mode; the rotary table they may build first is an
+    ordinary tensor, which a training forward (and its backward) can use afterwards."""
+    from lmsleep.ops import attention as ops
+
+    monkeypatch.setattr(ops, "_ROTARY_TABLES", {})
+    model = model_with_expert("attention, no eviction")
+    tokens = random_tokens(model, 2, 6, seed=3)
+    with torch.inference_mode():
+        model(tokens)
+    assert all(not t.is_inference() for table in ops._ROTARY_TABLES.values() for t in table)
+    model(tokens).square().mean().backward()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_exponentials_are_exponential_s_numbers_and_leave_the_generator_as_it_does(dtype):
+    from lmsleep.continual import draws
+
+    for shape in [(1,), (7, 3), (16, 32, 105), (1 << 20,)]:
+        plain, fast = torch.Generator().manual_seed(11), torch.Generator().manual_seed(11)
+        expected = torch.empty(shape, dtype=dtype).exponential_(generator=plain)
+        assert torch.equal(draws.exponentials(shape, dtype, fast), expected), shape
+        assert torch.equal(plain.get_state(), fast.get_state())
+    if dtype == torch.float32:
+        assert draws._vectorised_ok  # the vectorised draws are the ones used (and checked) here

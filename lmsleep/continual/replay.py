@@ -20,8 +20,9 @@ from typing import NamedTuple
 
 import torch
 
-from ..decoding import Sampling, sampling_logprobs, seeded
+from ..decoding import Sampling, seeded
 from ..stream import open_stream
+from .draws import Draws
 
 LOGIT_BUDGET = 1 << 24  # floats of logits an `Ahead` holds at most (64 MiB in float32), unless one group needs more
 
@@ -42,25 +43,25 @@ def sample_groups(model, prompts: torch.Tensor, length: int, temperature: float,
     if groups == 0:
         raise ValueError("sample_groups needs at least one seed")
     device = next(model.parameters()).device
-    sampling = Sampling(temperature)
-    generators = [seeded(seed, device) for seed in seeds]
+    draw = Draws(Sampling(temperature), [seeded(seed, device) for seed in seeds], length)
     read = prompts if context is None else torch.cat([context, prompts], dim=1)
     distinct, source = torch.unique(read, dim=0, return_inverse=True)
-    stream = open_stream(model, distinct.shape[0])
-    if context is not None:
-        stream.feed(distinct[:, : context.shape[1]])
-    logits = stream.feed(distinct[:, read.shape[1] - prompts.shape[1]:])[:, -1]
-    rows = source.repeat(groups)  # row i·n + j of group i is prompt row j
-    stream.take_rows(rows)
-    logits = logits[rows]
     picked, kept = [], []
-    for t in range(length):
-        if keep_logits:
-            kept.append(logits)
-        tokens = draw(logits, sampling, generators)
-        picked.append(tokens)
-        if t + 1 < length:  # the last token is never read: no forward for it
-            logits = stream.feed(tokens[:, None])[:, -1]
+    with torch.inference_mode():  # nothing here is trained (the samples and logits are stacked outside it)
+        stream = open_stream(model, distinct.shape[0])
+        if context is not None:
+            stream.feed(distinct[:, : context.shape[1]])
+        logits = stream.feed(distinct[:, read.shape[1] - prompts.shape[1]:])[:, -1]
+        rows = source.repeat(groups)  # row i·n + j of group i is prompt row j
+        stream.take_rows(rows)
+        logits = logits[rows]
+        for t in range(length):
+            if keep_logits:
+                kept.append(logits)
+            tokens = draw(logits)
+            picked.append(tokens)
+            if t + 1 < length:  # the last token is never read: no forward for it
+                logits = stream.feed(tokens[:, None])[:, -1]
     sampled = torch.stack(picked, dim=1) if picked else prompts.new_zeros(n * groups, 0)
     tokens = torch.cat([prompts.repeat(groups, 1), sampled], dim=1).view(groups, n, -1)
     if not keep_logits:
@@ -70,31 +71,23 @@ def sample_groups(model, prompts: torch.Tensor, length: int, temperature: float,
     return Groups(tokens, stacked.view(groups, n, length, vocab))
 
 
-def draw(logits: torch.Tensor, sampling: Sampling, generators: list[torch.Generator]) -> torch.Tensor:
-    """Next tokens [rows] for logits [rows, vocab] whose rows are len(generators) equal groups, each drawn with
-    its own generator: what decoding.pick draws for each group alone (its q is row-wise, so the same per row)."""
-    if sampling.greedy:
-        return logits.argmax(-1)
-    probs = sampling_logprobs(logits, sampling).exp()
-    n = logits.shape[0] // len(generators)
-    return torch.cat([torch.multinomial(probs[i * n : (i + 1) * n], 1, generator=g)[:, 0]
-                      for i, g in enumerate(generators)])
-
-
 @torch.no_grad()
 def continue_from(model, memory: list, logits: torch.Tensor, length: int, temperature: float, seed: int) -> torch.Tensor:
     """`length` tokens [rows, length] sampled after a model whose memory (as `SleepLM.wake` returns it) and
     last logits [rows, vocab] are given, as `SleepStream.generate` samples them with `seed` after the same
     tokens. Only for a model that never ends a window (eviction "none"): then a stream's feed is a wake."""
     assert model.config.eviction == "none", "a model with windows sleeps between them: use a SleepStream"
-    generators = [seeded(seed, logits.device)]
-    sampling = Sampling(temperature)
+    draw = Draws(Sampling(temperature), [seeded(seed, logits.device)], length)
     picked = []
-    for t in range(length):
-        picked.append(draw(logits, sampling, generators))
-        if t + 1 < length:
-            logits, _, memory = model.wake(picked[-1][:, None], memory)
-            logits = logits[:, -1]
+    with torch.inference_mode():  # nothing here is trained: no autograd bookkeeping per op (the same values)
+        # caches that hold the length-1 keys to come: allocated once, no larger than needed
+        memory = [m.with_room(length - 1) if hasattr(m, "with_room") else m for m in memory]
+        for t in range(length):
+            picked.append(draw(logits))
+            if t + 1 < length:
+                logits, _, memory = model.wake(picked[-1][:, None], memory)
+                logits = logits[:, -1]
+    # stacked outside inference mode: ordinary tokens, which a training forward may read
     return torch.stack(picked, dim=1) if picked else logits.new_zeros(logits.shape[0], 0, dtype=torch.long)
 
 

@@ -47,10 +47,15 @@ def token_ids(name: str, ids: TokenIds) -> list[int]:
             raise TypeError(f"{name} must be a 1-D integer tensor of token ids, got dtype {ids.dtype} and "
                             f"shape {tuple(ids.shape)}")
         return ids.tolist()
+    if type(ids) in (list, tuple) and set(map(type, ids)) <= _PLAIN_INT:  # the common case, checked in C
+        return list(ids)
     if not isinstance(ids, (list, tuple)) or not all(type(i) is int or _is_integer(i) for i in ids):
         shown = type(ids).__name__ if not isinstance(ids, (list, tuple)) else repr(ids)[:80]
         raise TypeError(f"{name} must be a list, tuple or 1-D integer tensor of token ids, got {shown}")
     return [int(i) for i in ids]
+
+
+_PLAIN_INT = {int}
 
 
 def _is_integer(value) -> bool:

@@ -218,8 +218,9 @@ def _cut(teacher_samples, prompt_length: int, cfg: SeedingConfig, step: int):
 
 
 def _rewards(completions, suffixes, cfg: SeedingConfig, judge) -> torch.Tensor:
+    # rows as lists of ints read in one copy each (not a tensor row, and its own copy, per reward)
     return torch.tensor([reward(c, s, gamma=cfg.gamma, z0=cfg.z0, judge=judge)
-                         for c, s in zip(completions, suffixes)], dtype=torch.float64)
+                         for c, s in zip(completions.tolist(), suffixes.tolist())], dtype=torch.float64)
 
 
 def _reinforce(student_logits, full, cut: int, rewards, cfg: SeedingConfig) -> torch.Tensor:

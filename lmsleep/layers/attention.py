@@ -44,18 +44,33 @@ class AttentionMemory:
             capacity = max(capacity, seen + new)
             key_buffer = self.keys.new_empty(*self.keys.shape[:2], capacity, self.keys.shape[3])
             value_buffer = self.values.new_empty(*self.values.shape[:2], capacity, self.values.shape[3])
-            key_buffer[:, :, :seen] = self.keys
-            value_buffer[:, :, :seen] = self.values
-        key_buffer[:, :, seen : seen + new] = k
-        value_buffer[:, :, seen : seen + new] = v
+            key_buffer.narrow(2, 0, seen).copy_(self.keys)
+            value_buffer.narrow(2, 0, seen).copy_(self.values)
+        key_buffer.narrow(2, seen, new).copy_(k)
+        value_buffer.narrow(2, seen, new).copy_(v)
         return AttentionMemory(
-            key_buffer[:, :, : seen + new], value_buffer[:, :, : seen + new],
+            key_buffer.narrow(2, 0, seen + new), value_buffer.narrow(2, 0, seen + new),
             self.retained_keys, self.retained_values, key_buffer, value_buffer, self.rotated_keys, self.rotated_buffer,
         )
 
-    def with_rotated_keys(self, offset: int, theta: float) -> "AttentionMemory":
+    def with_room(self, tokens: int) -> "AttentionMemory":
+        """This memory (the same values) with buffers that hold `tokens` more keys of this window without
+        growing: a decode of a known length (replay.continue_from) allocates once, and no more than it needs."""
+        if self.keys is None or torch.is_grad_enabled():
+            return self
+        seen = self.keys.shape[2]
+        key_buffer = self.keys.new_empty(*self.keys.shape[:2], seen + tokens, self.keys.shape[3])
+        value_buffer = self.values.new_empty(*self.values.shape[:2], seen + tokens, self.values.shape[3])
+        key_buffer.narrow(2, 0, seen).copy_(self.keys)
+        value_buffer.narrow(2, 0, seen).copy_(self.values)
+        return AttentionMemory(key_buffer.narrow(2, 0, seen), value_buffer.narrow(2, 0, seen), self.retained_keys,
+                               self.retained_values, key_buffer, value_buffer)
+
+    def with_rotated_keys(self, offset: int, theta: float, new_rotated: torch.Tensor | None = None) -> "AttentionMemory":
         """This memory with `rotated_keys` covering every key of the window: the rows not yet rotated are
-        rotated at their window positions (offset + i), exactly as window_attention rotates them."""
+        rotated at their window positions (offset + i), exactly as window_attention rotates them.
+        new_rotated: the last new_rotated.shape[2] keys already rotated (Attention rotates a decode step's
+        new key together with its query), copied instead of rotated again."""
         seen = self.keys.shape[2]
         done = 0 if self.rotated_keys is None else self.rotated_keys.shape[2]
         buffer = self.rotated_buffer
@@ -64,11 +79,14 @@ class AttentionMemory:
             capacity = max(seen, self.key_buffer.shape[2] if self.key_buffer is not None else 2 * seen)
             buffer = self.keys.new_empty(*self.keys.shape[:2], capacity, self.keys.shape[3])
             if done:
-                buffer[:, :, :done] = self.rotated_keys
-        if done < seen:
-            buffer[:, :, done:seen] = rotary(self.keys[:, :, done:seen], done + offset, theta)
+                buffer.narrow(2, 0, done).copy_(self.rotated_keys)
+        given = 0 if new_rotated is None else new_rotated.shape[2]
+        if done < seen - given:
+            buffer.narrow(2, done, seen - given - done).copy_(rotary(self.keys[:, :, done : seen - given], done + offset, theta))
+        if given:
+            buffer.narrow(2, seen - given, given).copy_(new_rotated)
         return AttentionMemory(self.keys, self.values, self.retained_keys, self.retained_values, self.key_buffer,
-                               self.value_buffer, buffer[:, :, :seen], buffer)
+                               self.value_buffer, buffer.narrow(2, 0, seen), buffer)
 
     def next_pass(self) -> "AttentionMemory":
         """The memory a further sleep pass starts from: same retained keys, window keys recomputed."""
@@ -124,15 +142,17 @@ class Attention(nn.Module):
         """x: [batch, new, d_model], the next tokens of the current window."""
         memory = memory or AttentionMemory()
         batch, new, _ = x.shape
-        q, k, v = self.qkv(x).view(batch, new, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        memory = memory.append(k, v, self.limit)
+        qkv = self.qkv(x).view(batch, new, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv
         if torch.is_grad_enabled():  # training: rotate every key in the graph
-            keys, rotated = memory.keys, False
-        else:  # streaming: each key is rotated once, when it arrives (the same values: rotary is per row)
-            memory = memory.with_rotated_keys(self.offset, self.theta)
-            keys, rotated = memory.rotated_keys, True
-        y = window_attention(
-            q, keys, memory.values, memory.retained_keys, memory.retained_values, self.offset, self.theta,
-            keys_rotated=rotated,
-        )
+            memory = memory.append(k, v, self.limit)
+            y = window_attention(q, memory.keys, memory.values, memory.retained_keys, memory.retained_values,
+                                 self.offset, self.theta)
+        else:  # streaming: each key is rotated once, when it arrives, together with its query (the same values:
+            # rotary is per row and per position, and a new key sits at its query's position)
+            start = (0 if memory.keys is None else memory.keys.shape[2]) + self.offset
+            rotated_q, rotated_k = rotary(qkv[:2], start, self.theta)
+            memory = memory.append(k, v, self.limit).with_rotated_keys(self.offset, self.theta, rotated_k)
+            y = window_attention(rotated_q, memory.rotated_keys, memory.values, memory.retained_keys,
+                                 memory.retained_values, self.offset, self.theta, keys_rotated=True, query_rotated=True)
         return self.out(y.transpose(1, 2).reshape(batch, new, -1)), memory

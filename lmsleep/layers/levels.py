@@ -44,6 +44,7 @@ GATINGS = ("sigmoid", "sum", "softmax")
 INIT_STD = 0.02  # A's initialisation when unlocked (spec Decision)
 CLOSED_OFFSET = 4.0  # a sigmoid gate starts at σ(−4) ≈ 0.018: closed
 OPEN = 0.5  # a gate above this is open
+_TRUE = torch.ones((), dtype=torch.bool)  # last_routed of a level with one base expert: this, expanded
 GATE_SCALE = 4.0  # the sigmoid gate's logit is GATE_SCALE · r_j · x − CLOSED_OFFSET (4: measured, results/continual.md)
 
 
@@ -73,6 +74,7 @@ class MemoryLevel(nn.Module):
         self.B = nn.Parameter(torch.zeros(pool, d_model, rank, **like))
         self.pool_router = nn.Parameter(torch.zeros(pool, d_model, **like))  # gate weights r_j of the low-rank experts
         self.register_buffer("active", torch.zeros(pool, dtype=torch.bool, device=device))
+        self._slots_cache: tuple | None = None  # (mask, its version, its active slots): see _slots
         # Routers and low-rank factors are not hidden matrices for Muon (SleepLM.optimizer_groups reads this).
         for p in (self.A, self.B, self.pool_router, *([self.router.weight] if self.router is not None else [])):
             p.optimizer_group = "adamw"
@@ -91,9 +93,19 @@ class MemoryLevel(nn.Module):
         return (~self.active).nonzero().flatten().tolist()
 
     def active_slots(self) -> list[int]:
-        # One op and one copy to Python: every forward asks (reading the mask slot by slot was a tenth of a
-        # decode step with a pool of 24).
-        return self.active.nonzero().flatten().tolist()
+        return list(self._slots())
+
+    def _slots(self) -> tuple[int, ...]:
+        """The active slots, read off the mask once per change of it: every forward asks (a decode step's
+        forward is many small ops, and reading the mask is one op and one copy to Python per level). The mask
+        changes in place (unlock, reset, load_state_dict: its version counter moves) or is replaced (.to())."""
+        if torch.compiler.is_compiling():
+            return tuple(self.active.nonzero().flatten().tolist())
+        cached = self._slots_cache
+        if cached is None or cached[0] is not self.active or cached[1] != self.active._version:
+            cached = (self.active, self.active._version, tuple(self.active.nonzero().flatten().tolist()))
+            self._slots_cache = cached
+        return cached[2]
 
     @torch.no_grad()
     def unlock(self, generator: torch.Generator | None = None) -> int:
@@ -200,26 +212,32 @@ class MemoryLevel(nn.Module):
             forced = torch.arange(len(slots), device=x.device) == (pick - others)[..., None]
         return extra_base, forced
 
+    def _remember(self, **values) -> None:
+        """Set plain attributes (last_routed, last_gates: never parameters, buffers or modules) without
+        nn.Module.__setattr__'s registration checks: a level sets two per call, which were ~5% of a decode step."""
+        self.__dict__.update(values)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        slots = self.active_slots()
+        slots = self._slots()
         if not self.base:  # the pool alone
-            self.last_routed = torch.ones(*x.shape[:-1], 0, dtype=torch.bool)
+            self._remember(last_routed=_TRUE.expand(*x.shape[:-1], 0))
             y = x.new_zeros(x.shape)
             probs = None
         elif self.router is None:
-            self.last_routed = torch.ones(*x.shape[:-1], 1, dtype=torch.bool)
+            self._remember(last_routed=_TRUE.expand(*x.shape[:-1], 1))  # a view: read, never written
             y = self.base[0](x)
             probs = None
         else:
             probs = self.router(x).softmax(-1)  # [..., experts]
-            self.last_routed = torch.zeros_like(probs, dtype=torch.bool).scatter(-1, probs.argmax(-1, keepdim=True), True)
+            routed = torch.zeros_like(probs, dtype=torch.bool).scatter(-1, probs.argmax(-1, keepdim=True), True)
+            self._remember(last_routed=routed)
         extra_base, forced = self._random_extra(x, slots) if self.dreaming is not None else (None, None)
         if probs is not None:
             if extra_base is not None:
-                self.last_routed = self.last_routed | extra_base
+                self._remember(last_routed=self.last_routed | extra_base)
             y = self._mix(x, probs, self.last_routed)
         if not slots:
-            self.last_gates = None
+            self._remember(last_gates=None)
             return y
         if slots[-1] - slots[0] + 1 == len(slots):  # contiguous slots (the usual case): views, no copies
             index = slice(slots[0], slots[-1] + 1)
@@ -227,12 +245,19 @@ class MemoryLevel(nn.Module):
         else:
             index = torch.tensor(slots, device=x.device)
             A, B = self.A.index_select(0, index), self.B.index_select(0, index)
-        low_rank = torch.einsum("...d,ard->...ar", x, A)
-        deltas = torch.einsum("...ar,adr->...ad", low_rank, B)  # [..., a, d]
+        if torch.is_grad_enabled():
+            low_rank = torch.einsum("...d,ard->...ar", x, A)
+            deltas = torch.einsum("...ar,adr->...ad", low_rank, B)  # [..., a, d]
+        else:  # the same numbers as the einsums (tests/test_levels.py) in fewer ops: a decode step is many small ones
+            low_rank = torch.matmul(x, A.flatten(0, 1).t()).unflatten(-1, A.shape[:2])
+            if A.shape[0] == 1:
+                deltas = torch.matmul(low_rank[..., 0, :], B[0].t()).unsqueeze(-2)
+            else:
+                deltas = torch.einsum("...ar,adr->...ad", low_rank, B)
         gates = self._gates(x, index)
         if forced is not None:
             gates = torch.where(forced, torch.ones_like(gates), gates)
-        self.last_gates = (slots, gates.detach())
+        self._remember(last_gates=(list(slots), gates.detach()))
         return y + (gates[..., None] * deltas).sum(-2)
 
 
@@ -259,8 +284,10 @@ class MemoryLevels(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, out = x, None
-        for level in self.levels:
+        last = len(self.levels) - 1
+        for i, level in enumerate(self.levels):
             y = level(h)
             out = y if out is None else out + y
-            h = h + y
+            if i < last:  # the last level's h is not read
+                h = h + y
         return out

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 
-_ROTARY_TABLES: dict = {}  # (half, theta, dtype, device) → (cos, sin) [positions, half], grown on demand
+_ROTARY_TABLES: dict = {}  # (half, theta, dtype, device) → (cos, sin) [positions, 2·half], grown on demand
 
 
 def _frequencies(half: int, theta: float, device) -> torch.Tensor:
@@ -21,15 +21,18 @@ def _frequencies(half: int, theta: float, device) -> torch.Tensor:
 
 
 def _rotary_table(length: int, half: int, theta: float, dtype: torch.dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of the rotary angles for positions 0..length−1 (or more), computed once in float64.
+    """The rotation's factors for positions 0..length−1 (or more), computed once in float64 (see _rotate:
+    [cos, cos] and [−sin, sin] of the rotary angles).
     Streaming asks for every position of the window at every token; recomputing them was most of a
-    long-context decode step."""
-    key = (half, theta, dtype, torch.device(device))
+    long-context decode step. The table is an ordinary tensor even when first asked for under
+    torch.inference_mode (a decode loop may run in it), so that training can use it afterwards."""
+    key = (half, theta, dtype, device if isinstance(device, torch.device) else torch.device(device))
     table = _ROTARY_TABLES.get(key)
     if table is None or table[0].shape[0] < length:
         size = max(length, 2 * table[0].shape[0] if table is not None else 512)
-        angles = torch.arange(size, device=device, dtype=torch.float64)[:, None] * _frequencies(half, theta, device)[None, :]
-        table = (angles.cos().to(dtype), angles.sin().to(dtype))
+        with torch.inference_mode(False):
+            angles = torch.arange(size, device=device, dtype=torch.float64)[:, None] * _frequencies(half, theta, device)[None, :]
+            table = _factors(angles.cos().to(dtype), angles.sin().to(dtype))
         _ROTARY_TABLES[key] = table
     return table
 
@@ -47,19 +50,31 @@ def rotary(x: torch.Tensor, positions: torch.Tensor | int, theta: float) -> torc
             return _rotate(x, cos[positions : positions + x.shape[-2]], sin[positions : positions + x.shape[-2]])
     if torch.compiler.is_compiling():  # the table's size depends on the positions' values: computed here instead
         angles = positions.to(torch.float64)[:, None] * _frequencies(half, theta, x.device)[None, :]
-        cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+        cos, sin = _factors(angles.cos().to(x.dtype), angles.sin().to(x.dtype))
     else:
         length = int(positions.max()) + 1 if positions.numel() else 0
         cos, sin = _rotary_table(length, half, theta, x.dtype, x.device)
-        cos, sin = cos[positions], sin[positions]  # [time, half]
+        cos, sin = cos[positions], sin[positions]  # [time, 2·half]
     return _rotate(x, cos, sin)
 
 
+def _factors(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[cos, cos] and [−sin, sin] [..., 2·half] of the angles' cos and sin [..., half]."""
+    return torch.cat([cos, cos], dim=-1), torch.cat([-sin, sin], dim=-1)
+
+
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    half = cos.shape[-1]
-    x1, x2 = x[..., :half], x[..., half : 2 * half]
-    rotated = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
-    return rotated if 2 * half == x.shape[-1] else torch.cat([rotated, x[..., 2 * half :]], dim=-1)
+    """x rotated: its halves x1, x2 become [x1·cos − x2·sin, x1·sin + x2·cos], computed as
+    x·[cos, cos] + [x2, x1]·[−sin, sin] (cos, sin: the factors of _factors): the same numbers bit for bit
+    (x2·(−sin) is −(x2·sin) exactly, a + (−b) is a − b, and a sum does not depend on its order), in four ops
+    instead of seven (five for a non-contiguous x: the result is contiguous, as the concatenation made it,
+    since attention's backward rounds differently on other layouts)."""
+    half = cos.shape[-1] // 2
+    if 2 * half != x.shape[-1]:  # an odd trailing feature is not rotated
+        return torch.cat([_rotate(x[..., : 2 * half], cos, sin), x[..., 2 * half :]], dim=-1)
+    x = x.contiguous()
+    swapped = x.unflatten(-1, (2, half)).flip(-2).flatten(-2)  # [x2, x1]
+    return x * cos + swapped * sin
 
 
 def window_attention(
@@ -71,19 +86,22 @@ def window_attention(
     offset: int,
     theta: float,
     keys_rotated: bool = False,
+    query_rotated: bool = False,
 ) -> torch.Tensor:
     """Causal softmax attention of the last q.shape[2] tokens of a window.
 
     q: [batch, heads, new, dim] (unrotated) for window positions keys.shape[2]-new .. keys.shape[2]-1.
     keys, values: [batch, heads, seen, dim], every key of this window so far (unrotated, or already rotated at
     their positions when keys_rotated: a stream's cache rotates each key once), new ones last.
+    query_rotated: q is already rotated at its positions (a stream rotates a new key and its query together).
     retained_*: [batch, heads, R ≤ offset, dim] kept from the previous window (unrotated) or None. Window
     query i sees a retained key iff its position is ≥ i (a sliding window of offset + 1 tokens) and window
     keys j ≤ i.
     """
     new, seen = q.shape[2], keys.shape[2]
     device = q.device
-    q = rotary(q, seen - new + offset, theta)
+    if not query_rotated:
+        q = rotary(q, seen - new + offset, theta)
     if not keys_rotated:
         keys = rotary(keys, offset, theta)
     if new == 1 and (retained_keys is None or retained_keys.shape[2] == 0):
