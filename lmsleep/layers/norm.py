@@ -13,11 +13,6 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """weight · x / sqrt(mean(x²) + eps) over the last dimension. PyTorch's fused rms_norm where x and the
-        weight share a dtype (fewer ops; equal to the textbook form up to float rounding, tests/test_layers.py),
-        the textbook form otherwise (its type promotion)."""
-        if x.dtype == self.weight.dtype:
-            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
         return self.weight * x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
 
 
