@@ -66,6 +66,7 @@ CASES = {
     "distil only": dict(alpha=1.0, unrelated=1.0),
     "on-policy (λ = 0.5), reverse KL": dict(alpha=0.5, lam=0.5, beta=1.0, unrelated=0.0),
     "generalized JSD, no blank": dict(alpha=0.7, beta=0.5, unrelated=1.0),
+    "one-token samples (the cut leaves one token)": dict(alpha=0.5, unrelated=0.0, sample_length=1),
 }
 
 
@@ -73,7 +74,7 @@ CASES = {
 @pytest.mark.parametrize("case", list(CASES))
 def test_batched_consolidation_is_the_plain_one(kind, case):
     """Same losses, the same trained expert, the same report, up to float rounding (float64 here)."""
-    cfg = SeedingConfig(steps=4, lr=1e-2, batch_size=3, sample_length=5, group_size=2, seed=7, **CASES[case])
+    cfg = SeedingConfig(**{**dict(steps=4, lr=1e-2, batch_size=3, sample_length=5, group_size=2, seed=7), **CASES[case]})
     results = {}
     for batched in (False, True):
         model = model_with_expert(kind)

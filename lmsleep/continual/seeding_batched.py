@@ -66,13 +66,17 @@ def _shared_prefixes(student, teacher_samples, teacher_logits, blank, prompt_len
     completions = continue_from(student, memory_rows(memory, group, detach=True), prefix_logits[group, -1].detach(),
                                 suffixes.shape[1], cfg.temperature, derive(cfg.seed, step, 2))
     rewards = _rewards(completions, suffixes, cfg, judge)
-    rest = torch.cat([teacher_samples[:, cut:], completions])
-    every = torch.cat([torch.arange(n, device=group.device), group])
-    rest_logits, _, _ = student.wake(rest, memory_rows(memory, every))  # [n + nG, length − cut, vocab]
-    sample_logits = torch.cat([prefix_logits, rest_logits[:n]], dim=1)
-    divergence = generalized_jsd(sample_logits[:, prompt_length - 1 : -1], teacher_logits, cfg.beta)
+    # the rest of every row but its last token: the logits after a row's last token are never read
+    rest = torch.cat([teacher_samples[:, cut:-1], completions[:, :-1]])
+    if rest.shape[1]:
+        every = torch.cat([torch.arange(n, device=group.device), group])
+        rest_logits, _, _ = student.wake(rest, memory_rows(memory, every))  # [n + nG, length − cut − 1, vocab]
+    else:  # the cut left one token
+        rest_logits = prefix_logits.new_zeros(rest.shape[0], 0, prefix_logits.shape[-1])
+    sample_logits = torch.cat([prefix_logits, rest_logits[:n]], dim=1)  # [n, length − 1, vocab]
+    divergence = generalized_jsd(sample_logits[:, prompt_length - 1 :], teacher_logits, cfg.beta)
     # a completion's tokens are predicted by its prefix's last position, then by its own positions but the last
-    completion_logits = torch.cat([prefix_logits[group, -1:], rest_logits[n:, :-1]], dim=1)
+    completion_logits = torch.cat([prefix_logits[group, -1:], rest_logits[n:]], dim=1)
     logprobs = completion_logits.log_softmax(-1).gather(-1, completions[..., None])[..., 0]
     imitation = reinforce_loss(logprobs.sum(-1), rewards.to(logprobs.dtype), cfg.group_size)
     return divergence, imitation, rewards.mean().item()

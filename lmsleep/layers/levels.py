@@ -219,9 +219,9 @@ class MemoryLevel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         slots = self._slots()
-        if not self.base:  # the pool alone
+        if not self.base:  # the pool alone: y = 0, added below only where nothing else is
             self._remember(last_routed=_TRUE.expand(*x.shape[:-1], 0))
-            y = x.new_zeros(x.shape)
+            y = None
             probs = None
         elif self.router is None:
             self._remember(last_routed=_TRUE.expand(*x.shape[:-1], 1))  # a view: read, never written
@@ -238,7 +238,7 @@ class MemoryLevel(nn.Module):
             y = self._mix(x, probs, self.last_routed)
         if not slots:
             self._remember(last_gates=None)
-            return y
+            return x.new_zeros(x.shape) if y is None else y
         if slots[-1] - slots[0] + 1 == len(slots):  # contiguous slots (the usual case): views, no copies
             index = slice(slots[0], slots[-1] + 1)
             A, B = self.A[index], self.B[index]  # [a, r, d], [a, d, r]
@@ -258,7 +258,11 @@ class MemoryLevel(nn.Module):
         if forced is not None:
             gates = torch.where(forced, torch.ones_like(gates), gates)
         self._remember(last_gates=(list(slots), gates.detach()))
-        return y + (gates[..., None] * deltas).sum(-2)
+        if len(slots) == 1:  # a sum over one expert is that expert's term, bit for bit (one op fewer)
+            term = gates[..., :1] * deltas[..., 0, :]
+        else:
+            term = (gates[..., None] * deltas).sum(-2)
+        return term if y is None else y + term  # 0 + term is term (but for the sign of a zero): two ops fewer
 
 
 class MemoryLevels(nn.Module):
