@@ -54,7 +54,9 @@ class Picked(NamedTuple):
 def sampling_logprobs(logits: torch.Tensor, sampling: Sampling) -> torch.Tensor:
     """log q [batch, vocab] of a non-greedy `sampling` (see the module docstring); -inf outside the kept set."""
     assert not sampling.greedy, "greedy picking has no sampling distribution to compute"
-    scores = _at_least_float32(logits) / sampling.temperature
+    scores = _at_least_float32(logits)
+    if sampling.temperature != 1:  # x / 1 is x: no op (a decode step is many small ones)
+        scores = scores / sampling.temperature
     if sampling.top_k is not None and sampling.top_k < scores.shape[-1]:
         top = scores.topk(sampling.top_k, dim=-1)  # exactly k kept, even where scores tie
         scores = torch.full_like(scores, -math.inf).scatter(-1, top.indices, top.values)

@@ -123,6 +123,15 @@ class SleepStream:
         self.last_passes, self.total_passes = self.last_passes[index], self.total_passes[index]
         self.batch_size = index.numel()
 
+    def reserve(self, tokens: int) -> None:
+        """Make room in the KV caches for the next `tokens` tokens of this window (no more than it has left),
+        allocated now and once (see memory_with_room)."""
+        validate.non_negative_int("tokens", tokens)
+        room = min(tokens, self._window_left())
+        if room > 0:
+            with torch.no_grad():  # a stream's memory is never trained through
+                self.memory = memory_with_room(self.memory, room)
+
     @torch.no_grad()
     def generate(self, prompt: torch.Tensor, max_new_tokens: int, *, temperature: float = 0.0,
                  top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
@@ -240,6 +249,13 @@ def memory_rows(memory: list, index: torch.Tensor, detach: bool = False) -> list
     without the autograd graph that made it)."""
     return [type(m).from_tensors({name: (t.detach() if detach else t).index_select(0, index)
                                   for name, t in m.tensors().items()}) for m in memory]
+
+
+def memory_with_room(memory: list, tokens: int) -> list:
+    """The same memory (the same values) whose KV caches hold `tokens` more keys without growing: a decode of
+    known length allocates its caches once and no larger than it needs (a growing cache reallocates at twice
+    its size, at least 64 keys: at a large batch, memory the decode touches and attention reads across)."""
+    return [m.with_room(tokens) if hasattr(m, "with_room") else m for m in memory]
 
 
 def sample(model, prompts: torch.Tensor, length: int, temperature: float, seed: int,

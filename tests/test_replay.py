@@ -261,3 +261,23 @@ def test_exponentials_are_exponential_s_numbers_and_leave_the_generator_as_it_do
         assert torch.equal(plain.get_state(), fast.get_state())
     if dtype == torch.float32:
         assert draws._vectorised_ok  # the vectorised draws are the ones used (and checked) here
+
+
+@pytest.mark.parametrize("kind", ["attention, no eviction", "hybrid, windows of 7, 2 passes"])
+def test_a_stream_with_reserved_room_feeds_as_one_without(kind):
+    """SleepStream.reserve (sample_groups makes room for the tokens it will draw): the same logits bit for bit,
+    across a window's end (the hybrid sleeps and evicts in the reserved stretch)."""
+    model = model_with_expert(kind)
+    tokens = random_tokens(model, 3, 12, seed=5)
+    roomy, plain = SleepStream(model, 3), SleepStream(model, 3)
+    roomy.feed(tokens[:, :2])
+    plain.feed(tokens[:, :2])
+    roomy.reserve(9)
+    caches = [m for m in roomy.memory if isinstance(m, AttentionMemory)]
+    assert caches and all(m.key_buffer.shape[2] == 2 + min(9, roomy._window_left()) for m in caches)
+    for t in range(2, 12):
+        assert torch.equal(roomy.feed(tokens[:, t : t + 1]), plain.feed(tokens[:, t : t + 1])), t
+    assert roomy.sleeps == plain.sleeps
+    roomy.reserve(0)  # nothing to make room for
+    with pytest.raises(ValueError, match="tokens"):
+        roomy.reserve(-1)

@@ -21,7 +21,7 @@ from typing import NamedTuple
 import torch
 
 from ..decoding import Sampling, seeded
-from ..stream import open_stream
+from ..stream import memory_with_room, open_stream
 from .draws import Draws
 
 LOGIT_BUDGET = 1 << 24  # floats of logits an `Ahead` holds at most (64 MiB in float32), unless one group needs more
@@ -54,6 +54,7 @@ def sample_groups(model, prompts: torch.Tensor, length: int, temperature: float,
         logits = stream.feed(distinct[:, read.shape[1] - prompts.shape[1]:])[:, -1]
         rows = source.repeat(groups)  # row i·n + j of group i is prompt row j
         stream.take_rows(rows)
+        stream.reserve(length - 1)  # the keys of the tokens to come, allocated once
         logits = logits[rows]
         for t in range(length):
             if keep_logits:
@@ -81,7 +82,7 @@ def continue_from(model, memory: list, logits: torch.Tensor, length: int, temper
     picked = []
     with torch.inference_mode():  # nothing here is trained: no autograd bookkeeping per op (the same values)
         # caches that hold the length-1 keys to come: allocated once, no larger than needed
-        memory = [m.with_room(length - 1) if hasattr(m, "with_room") else m for m in memory]
+        memory = memory_with_room(memory, length - 1)
         for t in range(length):
             picked.append(draw(logits))
             if t + 1 < length:

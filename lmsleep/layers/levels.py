@@ -192,7 +192,7 @@ class MemoryLevel(nn.Module):
             return x.new_ones(*x.shape[:-1], count)
         rows = self.pool_router[index] if isinstance(index, slice) else self.pool_router.index_select(0, index)
         logits = x @ rows.t()
-        return logits.softmax(-1) if self.gating == "softmax" else torch.sigmoid(GATE_SCALE * logits - CLOSED_OFFSET)
+        return logits.softmax(-1) if self.gating == "softmax" else torch.sigmoid(logits.mul(GATE_SCALE).sub_(CLOSED_OFFSET))
 
     def _random_extra(self, x: torch.Tensor, slots: list[int]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """While dreaming: per token one random expert among the other base experts and the active low-rank
