@@ -28,40 +28,6 @@ def test_rotary_scores_depend_only_on_relative_position():
     assert (score(7, 3) - score(7, 4)).abs() > 1e-6
 
 
-def test_gated_silu_equals_the_written_out_ops_bit_for_bit_forward_and_backward():
-    from lmsleep.ops.swiglu import gated_silu, gated_silu_reference
-
-    torch.manual_seed(0)
-    for shape, dtype in [((7, 2 * 5), torch.float32), ((3, 11, 2 * 13), torch.float32), ((2, 3, 4, 2 * 9), torch.float64),
-                         ((5, 2 * 192), torch.float32)]:
-        base = torch.randn(*shape[:-1], shape[-1] + 3, dtype=dtype) * 3
-        for x in (base[..., : shape[-1]].contiguous(), base[..., 3:]):  # contiguous and a strided view
-            grad = torch.randn(*shape[:-1], shape[-1] // 2, dtype=dtype)
-            a = x.detach().requires_grad_(True)
-            b = x.detach().requires_grad_(True)
-            fast, reference = gated_silu(a), gated_silu_reference(b)
-            assert torch.equal(fast, reference)
-            fast.backward(grad)
-            reference.backward(grad)
-            assert torch.equal(a.grad, b.grad)
-            assert a.grad.shape == x.shape
-    x = torch.randn(3, 4, 2 * 5, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(gated_silu, (x,))
-    with torch.no_grad():  # no autograd.Function without grad: the reference's ops
-        assert torch.equal(gated_silu(x), gated_silu_reference(x))
-
-
-def test_gated_silu_refuses_an_odd_width():
-    from lmsleep.ops.swiglu import gated_silu
-
-    try:
-        gated_silu(torch.randn(2, 7))
-    except ValueError as error:
-        assert "even" in str(error)
-    else:
-        raise AssertionError("an odd width was accepted")
-
-
 def test_rms_norm_equals_the_textbook_formula_bit_for_bit_forward_and_backward():
     from lmsleep.layers import RMSNorm
 

@@ -20,6 +20,7 @@ from typing import NamedTuple
 
 import torch
 
+from ..decode_step import DecodeStep
 from ..decoding import Sampling, seeded
 from ..stream import memory_with_room, open_stream
 from .draws import Draws
@@ -79,6 +80,7 @@ def continue_from(model, memory: list, logits: torch.Tensor, length: int, temper
     tokens. Only for a model that never ends a window (eviction "none"): then a stream's feed is a wake."""
     assert model.config.eviction == "none", "a model with windows sleeps between them: use a SleepStream"
     draw = Draws(Sampling(temperature), [seeded(seed, logits.device)], length)
+    step = DecodeStep(model)  # model.wake's last logits and memory, bit for bit, without the modules' Python
     picked = []
     with torch.inference_mode():  # nothing here is trained: no autograd bookkeeping per op (the same values)
         # caches that hold the length-1 keys to come: allocated once, no larger than needed
@@ -86,8 +88,7 @@ def continue_from(model, memory: list, logits: torch.Tensor, length: int, temper
         for t in range(length):
             picked.append(draw(logits))
             if t + 1 < length:
-                logits, _, memory = model.wake(picked[-1][:, None], memory)
-                logits = logits[:, -1]
+                logits, memory = step(picked[-1][:, None], memory)
     # stacked outside inference mode: ordinary tokens, which a training forward may read
     return torch.stack(picked, dim=1) if picked else logits.new_zeros(logits.shape[0], 0, dtype=torch.long)
 

@@ -88,6 +88,26 @@ class AttentionMemory:
         return AttentionMemory(self.keys, self.values, self.retained_keys, self.retained_values, self.key_buffer,
                                self.value_buffer, buffer.narrow(2, 0, seen), buffer)
 
+    def appended_rotated(self, k: torch.Tensor, v: torch.Tensor, rotated_k: torch.Tensor, limit: int | None,
+                         offset: int, theta: float) -> "AttentionMemory":
+        """append(k, v, limit).with_rotated_keys(offset, theta, rotated_k): a streaming step's new keys, values
+        and rotated keys. In a decode's steady state (buffers with room, every key already rotated) the three
+        rows are written in place and one memory made, which is what the two calls do there."""
+        key_buffer, value_buffer, buffer = self.key_buffer, self.value_buffer, self.rotated_buffer
+        if key_buffer is not None and buffer is not None and self.rotated_keys is not None:
+            seen, new = self.keys.shape[2], k.shape[2]
+            if (self.rotated_keys.shape[2] == seen and key_buffer.shape[2] >= seen + new
+                    and buffer.shape[:3] == key_buffer.shape[:3] and not torch.is_grad_enabled()
+                    and _is_prefix_view(self.keys, key_buffer) and _is_prefix_view(self.values, value_buffer)
+                    and _is_prefix_view(self.rotated_keys, buffer)):
+                key_buffer.narrow(2, seen, new).copy_(k)
+                value_buffer.narrow(2, seen, new).copy_(v)
+                buffer.narrow(2, seen, new).copy_(rotated_k)
+                return AttentionMemory(key_buffer.narrow(2, 0, seen + new), value_buffer.narrow(2, 0, seen + new),
+                                       self.retained_keys, self.retained_values, key_buffer, value_buffer,
+                                       buffer.narrow(2, 0, seen + new), buffer)
+        return self.append(k, v, limit).with_rotated_keys(offset, theta, rotated_k)
+
     def next_pass(self) -> "AttentionMemory":
         """The memory a further sleep pass starts from: same retained keys, window keys recomputed."""
         return AttentionMemory(retained_keys=self.retained_keys, retained_values=self.retained_values)
@@ -143,16 +163,25 @@ class Attention(nn.Module):
         memory = memory or AttentionMemory()
         batch, new, _ = x.shape
         qkv = self.qkv(x).view(batch, new, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv
         if torch.is_grad_enabled():  # training: rotate every key in the graph
+            q, k, v = qkv.unbind(0)
             memory = memory.append(k, v, self.limit)
             y = window_attention(q, memory.keys, memory.values, memory.retained_keys, memory.retained_values,
                                  self.offset, self.theta)
-        else:  # streaming: each key is rotated once, when it arrives, together with its query (the same values:
-            # rotary is per row and per position, and a new key sits at its query's position)
-            start = (0 if memory.keys is None else memory.keys.shape[2]) + self.offset
-            rotated_q, rotated_k = rotary(qkv[:2], start, self.theta)
-            memory = memory.append(k, v, self.limit).with_rotated_keys(self.offset, self.theta, rotated_k)
-            y = window_attention(rotated_q, memory.rotated_keys, memory.values, memory.retained_keys,
-                                 memory.retained_values, self.offset, self.theta, keys_rotated=True, query_rotated=True)
+        else:
+            y, memory = stream_attention(qkv, memory, self.offset, self.limit, self.theta)
         return self.out(y.transpose(1, 2).reshape(batch, new, -1)), memory
+
+
+def stream_attention(qkv: torch.Tensor, memory: AttentionMemory, offset: int, limit: int | None,
+                     theta: float) -> tuple[torch.Tensor, AttentionMemory]:
+    """Attention's streaming step (no grad): qkv [3, batch, heads, new, dim] of the next tokens → (y [batch,
+    heads, new, dim], memory). Each key is rotated once, when it arrives, together with its query (the same
+    values: rotary is per row and per position, and a new key sits at its query's position)."""
+    _, k, v = qkv.unbind(0)
+    start = (0 if memory.keys is None else memory.keys.shape[2]) + offset
+    rotated_q, rotated_k = rotary(qkv[:2], start, theta).unbind(0)
+    memory = memory.appended_rotated(k, v, rotated_k, limit, offset, theta)
+    y = window_attention(rotated_q, memory.rotated_keys, memory.values, memory.retained_keys, memory.retained_values,
+                         offset, theta, keys_rotated=True, query_rotated=True)
+    return y, memory

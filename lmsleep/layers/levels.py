@@ -80,8 +80,23 @@ class MemoryLevel(nn.Module):
             p.optimizer_group = "adamw"
         self.gating = gating
         self.dreaming: torch.Generator | None = None  # set (to a generator) while dreaming
-        self.last_routed: torch.Tensor | None = None  # [..., base experts]: which ran per token, last call
+        self.last_routed = None  # [..., base experts]: which ran per token, last call (see the property)
         self.last_gates: tuple[list[int], torch.Tensor] | None = None  # (active slots, g [..., slots]), last call
+
+    @property
+    def last_routed(self) -> torch.Tensor | None:
+        """[..., base experts] (bool): which base experts ran on each token in the last call. A level with one
+        base expert (or none) ran it on every token: kept as the shape, expanded from one True when read (a
+        view, read, never written), so that a forward that nobody asks makes no tensor."""
+        routed = self.__dict__["_routed"]
+        if isinstance(routed, tuple):
+            shape, experts = routed
+            return _TRUE.expand(*shape, experts)
+        return routed
+
+    @last_routed.setter
+    def last_routed(self, value: torch.Tensor | None) -> None:
+        self.__dict__["_routed"] = value
 
     # ----- the expert pool -----
 
@@ -220,25 +235,41 @@ class MemoryLevel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         slots = self._slots()
         if not self.base:  # the pool alone: y = 0, added below only where nothing else is
-            self._remember(last_routed=_TRUE.expand(*x.shape[:-1], 0))
+            self._remember(_routed=(x.shape[:-1], 0))
             y = None
             probs = None
         elif self.router is None:
-            self._remember(last_routed=_TRUE.expand(*x.shape[:-1], 1))  # a view: read, never written
+            self._remember(_routed=(x.shape[:-1], 1))
             y = self.base[0](x)
             probs = None
         else:
             probs = self.router(x).softmax(-1)  # [..., experts]
             routed = torch.zeros_like(probs, dtype=torch.bool).scatter(-1, probs.argmax(-1, keepdim=True), True)
-            self._remember(last_routed=routed)
+            self._remember(_routed=routed)
         extra_base, forced = self._random_extra(x, slots) if self.dreaming is not None else (None, None)
         if probs is not None:
             if extra_base is not None:
-                self._remember(last_routed=self.last_routed | extra_base)
+                self._remember(_routed=self.last_routed | extra_base)
             y = self._mix(x, probs, self.last_routed)
+        return self.with_pool(x, slots, y, forced)
+
+    def with_pool(self, x: torch.Tensor, slots: tuple[int, ...], y: torch.Tensor | None,
+                  forced: torch.Tensor | None = None) -> torch.Tensor:
+        """The level's output: y (what its base experts gave, None for none) plus the gated terms of the
+        active low-rank experts `slots` (forced [..., a]: gates set open while dreaming, or None)."""
         if not slots:
             self._remember(last_gates=None)
             return x.new_zeros(x.shape) if y is None else y
+        if len(slots) == 1 and forced is None and self.gating == "sigmoid" and not torch.is_grad_enabled():
+            # one expert, no grad (a decode step: many small ops): its rows as views and two matmuls, the
+            # numbers of the general path below (a sum over one expert is its term; tests/test_levels.py)
+            slot = slots[0]
+            deltas = torch.matmul(torch.matmul(x, self.A[slot].t()), self.B[slot].t())  # [..., d]
+            gates = torch.sigmoid(torch.matmul(x, self.pool_router[slot : slot + 1].t()).mul_(GATE_SCALE)
+                                  .sub_(CLOSED_OFFSET))  # [..., 1]
+            self._remember(last_gates=(list(slots), gates))
+            term = gates * deltas
+            return term if y is None else y + term
         if slots[-1] - slots[0] + 1 == len(slots):  # contiguous slots (the usual case): views, no copies
             index = slice(slots[0], slots[-1] + 1)
             A, B = self.A[index], self.B[index]  # [a, r, d], [a, d, r]
@@ -257,7 +288,7 @@ class MemoryLevel(nn.Module):
         gates = self._gates(x, index)
         if forced is not None:
             gates = torch.where(forced, torch.ones_like(gates), gates)
-        self._remember(last_gates=(list(slots), gates.detach()))
+        self._remember(last_gates=(list(slots), gates.detach() if gates.requires_grad else gates))
         if len(slots) == 1:  # a sum over one expert is that expert's term, bit for bit (one op fewer)
             term = gates[..., :1] * deltas[..., 0, :]
         else:

@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
-
-from ..ops.swiglu import gated_silu
 
 
 class SwiGLU(nn.Module):
@@ -14,4 +13,11 @@ class SwiGLU(nn.Module):
         self.down = nn.Linear(hidden, dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down(gated_silu(self.gate_up(x)))
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(F.silu(gate) * up)
+
+
+def swiglu(x: torch.Tensor, gate_up_weight: torch.Tensor, down_weight: torch.Tensor) -> torch.Tensor:
+    """SwiGLU.forward on its weights (no module calls: lmsleep.decode_step; the same ops, so the same numbers)."""
+    gate, up = F.linear(x, gate_up_weight).chunk(2, dim=-1)
+    return F.linear(F.silu(gate) * up, down_weight)
