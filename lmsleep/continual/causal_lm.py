@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import validate
 from ..layers.levels import MemoryLevels
 from ..model import check_token_ids
 from ..recurrence import loss_positions
@@ -168,5 +169,10 @@ class AttachedStream:
         """Keep rows `index` (repeats allowed) of what was read: a new batch of len(index) rows."""
         self.cache.reorder_cache(index)
         self.batch_size = int(index.numel())
+
+    def reserve(self, tokens: int) -> None:
+        """SleepStream.reserve's place in the stream protocol: transformers' DynamicCache grows by concatenation,
+        so there is nothing to allocate ahead."""
+        validate.non_negative_int("tokens", tokens)
 
     generate = SleepStream.generate  # the one sampling loop (feed, pick, feed back), over this stream's feed
