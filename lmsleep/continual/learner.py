@@ -161,8 +161,13 @@ class ContinualLearner:
         return self.model.config.memory_levels
 
     @property
+    def device(self) -> torch.device:
+        """Where the model is: the prompts and dreams the learner makes go there (a model on a GPU)."""
+        return next(self.model.parameters()).device
+
+    @property
     def prompt(self) -> torch.Tensor:
-        return torch.tensor([self.config.prompt])
+        return torch.tensor([self.config.prompt], device=self.device)
 
     # ----- wake -----
 
@@ -268,7 +273,7 @@ class ContinualLearner:
                       "measure_before": [r.measure_before for r in rounds],
                       "measures_of_kept": [r.measures for r in rounds],
                       "generator_trained_on": [r.generator_trained_on for r in rounds]}
-            dreams = [torch.tensor(d) for d in report.rewarded_dreams()]
+            dreams = [torch.tensor(d, device=self.device) for d in report.rewarded_dreams()]
         else:
             found, _, _, kept = propose(self.model, task.context, cfg, cfg.seed, self.dream_generator, task.prefix)
             record = {"trigger": "dreaming", "level": None, "dreams": found.shape[0], "kept": [kept],
@@ -337,7 +342,7 @@ class ContinualLearner:
 
     @property
     def unrelated_prompt(self) -> torch.Tensor | None:
-        return None if self.config.unrelated is None else torch.tensor([self.config.unrelated])
+        return None if self.config.unrelated is None else torch.tensor([self.config.unrelated], device=self.device)
 
     def _make_room(self, level: int) -> dict | None:
         """Level `level` must receive an expert: if its pool is full, consolidate its own experts first
