@@ -172,7 +172,9 @@ def check_sleep(results: dict) -> None:
     model = SleepLM(SleepConfig(vocab_size=105, window=64, **demo.MODEL)).cuda()
     learner = ContinualLearner(model, LearnerConfig(periods=[8, 16], seeding=demo.SEEDING, dreaming=demo.DREAMING,
                                                     prompt=[1]))
-    learner.read(torch.randint(0, 105, (1, 20)).cuda())
+    context = torch.randint(0, 105, (1, 20)).cuda()
+    questions = torch.randint(0, 105, (9, 12)).cuda()
+    learner.read(context)
     started = time.time()
     report = learner.reset_context()
     torch.cuda.synchronize()
@@ -180,6 +182,16 @@ def check_sleep(results: dict) -> None:
                                 "divergence_before": report.get("divergence_before"),
                                 "divergence_after": report.get("divergence_after"),
                                 "unlocked": report.get("unlocked")}
+
+    def measure(model):  # a stand-in for τ (bench_dreams.full_sleep's)
+        with torch.no_grad():
+            return -float(model.loss(questions[:, :-1], questions[:, 1:], torch.ones_like(questions[:, 1:])))
+
+    started = time.time()
+    dream = learner.dream(measure, context=context)
+    learner.wake(torch.randint(0, 105, (1, 30)).cuda())
+    results["dreaming_and_wake_on_cuda"] = {"wall_s": round(time.time() - started, 2), "kept": dream.get("kept"),
+                                            "learnt": dream.get("learnt")}
 
 
 def main() -> None:

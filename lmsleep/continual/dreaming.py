@@ -208,8 +208,9 @@ def left_padded(sequences: list[torch.Tensor], scored_from: list[int], pad: int)
     """Next-token data (tokens, targets, loss_mask) from rows of different lengths: each left-padded with
     `pad` to the longest, its loss from position scored_from[i] of the row on."""
     width = max(s.numel() for s in sequences)
-    tokens = torch.full((len(sequences), width), pad, dtype=torch.long)
-    mask = torch.zeros(len(sequences), width - 1, dtype=torch.long)
+    device = sequences[0].device
+    tokens = torch.full((len(sequences), width), pad, dtype=torch.long, device=device)
+    mask = torch.zeros(len(sequences), width - 1, dtype=torch.long, device=device)
     for i, (sequence, start) in enumerate(zip(sequences, scored_from)):
         offset = width - sequence.numel()
         tokens[i, offset:] = sequence
@@ -243,7 +244,7 @@ def rest_em(model: SleepLM, tasks: list[Task], cfg: DreamingConfig, generator: L
                 result = reward_round(model, task.context, task.measure, cfg, seed, generator, task.prefix)
                 for index, rewarded in zip(result.kept, result.rewards):
                     if rewarded:
-                        pairs.append(torch.cat([task.context[0], torch.tensor(result.dreams[index])]))
+                        pairs.append(torch.cat([task.context[0], torch.tensor(result.dreams[index], device=task.context.device)]))
                         starts.append(task.context.shape[1])
                 rounds.append(result)
             if pairs and cfg.generator_steps:

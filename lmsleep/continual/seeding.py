@@ -202,7 +202,7 @@ def _student_logits(student: SleepLM, sequences: torch.Tensor, blank: torch.Tens
 
 def _divergence(student, teacher, sequences, context, blank, prompt_length: int, beta: float) -> torch.Tensor:
     """F(teacher ‖ student) at the positions that predict sampled tokens."""
-    mask = torch.zeros(sequences.shape, dtype=torch.bool)
+    mask = torch.zeros(sequences.shape, dtype=torch.bool, device=sequences.device)
     mask[:, prompt_length - 1 : -1] = True
     return generalized_jsd(_student_logits(student, sequences, blank), _teacher_logits(teacher, sequences, context),
                            beta, mask=mask)
