@@ -265,8 +265,7 @@ class MemoryLevel(nn.Module):
             # numbers of the general path below (a sum over one expert is its term; tests/test_levels.py)
             slot = slots[0]
             deltas = torch.matmul(torch.matmul(x, self.A[slot].t()), self.B[slot].t())  # [..., d]
-            gates = torch.sigmoid(torch.matmul(x, self.pool_router[slot : slot + 1].t()).mul_(GATE_SCALE)
-                                  .sub_(CLOSED_OFFSET))  # [..., 1]
+            gates = self._gates(x, slice(slot, slot + 1))  # [..., 1]
             self._remember(last_gates=(list(slots), gates))
             term = gates * deltas
             return term if y is None else y + term
