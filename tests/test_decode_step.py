@@ -129,7 +129,7 @@ def test_continue_from_decodes_as_before_with_the_fast_step(monkeypatch):
         logits, _, memory = model.wake(prefix, model.empty_memory())
     fast = replay.continue_from(model, memory, logits[:, -1], 9, 1.0, 5)
     monkeypatch.setattr(decode_step, "supports", lambda model: False)
-    monkeypatch.setattr(replay, "DecodeStep", decode_step.DecodeStep)
+    assert not replay.DecodeStep(model).fast  # now wake's path
     plain = replay.continue_from(model, memory, logits[:, -1], 9, 1.0, 5)
     assert torch.equal(fast, plain)
     assert not isinstance(memory[0], AttentionMemory) or memory[0].key_buffer is None  # the caller's memory untouched
